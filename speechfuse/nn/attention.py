@@ -1,0 +1,176 @@
+"""Multi-head self-attention with Transformer-XL relative positions, and the masks it takes.
+
+Masks are boolean and True where attention (or a frame) is allowed:
+  padding_mask(lengths, time): [batch, time], True on valid frames;
+  make_chunk_mask(time, chunk_size, num_left_chunks): [time, time], WeNet's `subsequent_chunk_mask`;
+  attention_mask(valid, chunk): [batch, time, time] for MultiHeadSelfAttention.
+Chunk sizes may be traced scalars, so dynamic chunk training (`sample_chunk`) draws one per batch inside jit
+while every shape stays static.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from speechfuse.nn import layers
+
+IntLike = int | jax.Array
+
+
+def padding_mask(lengths: jax.Array, time: int) -> jax.Array:
+  """lengths: [batch] -> [batch, time] bool, True for frames t < lengths[b]."""
+  return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def make_chunk_mask(time: int, chunk_size: IntLike, num_left_chunks: IntLike = -1) -> jax.Array:
+  """[time, time] bool: query frame i may attend to key frame j (WeNet's `subsequent_chunk_mask`).
+
+  Frames are grouped into chunks of `chunk_size`; frame i sees every frame of its own chunk and of the
+  `num_left_chunks` chunks before it (all earlier chunks if negative), nothing later. chunk_size >= time
+  is full context. Both arguments may be traced integer scalars; chunk_size must be >= 1.
+  """
+  chunk = jnp.arange(time) // chunk_size
+  query_chunk, key_chunk = chunk[:, None], chunk[None, :]
+  return (key_chunk <= query_chunk) & ((num_left_chunks < 0) | (key_chunk >= query_chunk - num_left_chunks))
+
+
+def attention_mask(valid: jax.Array, chunk: jax.Array | None = None) -> jax.Array:
+  """valid: [batch, time] (padding_mask), chunk: [time, time] or None -> [batch, time, time].
+
+  Only keys are masked by padding: outputs at padded query frames are discarded by the callers, and
+  masking queries too would leave rows with nothing to attend to.
+  """
+  mask = jnp.broadcast_to(valid[:, None, :], (valid.shape[0], valid.shape[1], valid.shape[1]))
+  return mask if chunk is None else mask & chunk[None]
+
+
+def sample_chunk(
+    rng: jax.Array, time: int, *, full_context_prob: float = 0.5, max_chunk_size: int = 25,
+    dynamic_left_chunks: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+  """Dynamic chunk training (WeNet / UFO2): draws one (chunk_size, num_left_chunks) for a batch, jit-safe.
+
+  With probability `full_context_prob` the batch sees full context (chunk_size = time, num_left_chunks = -1);
+  otherwise chunk_size is uniform in [1, max_chunk_size] frames (after subsampling) and num_left_chunks is -1,
+  or, with `dynamic_left_chunks`, uniform in [0, (time - 1) // chunk_size) (0 when that range is empty).
+
+  Returns:
+    (chunk_size, num_left_chunks): int32 scalars for make_chunk_mask.
+  """
+  full_key, size_key, left_key = jax.random.split(rng, 3)
+  full = jax.random.uniform(full_key) < full_context_prob
+  size = jax.random.randint(size_key, (), 1, max_chunk_size + 1)
+  if dynamic_left_chunks:
+    max_left = jnp.maximum((time - 1) // size, 1)
+    left = jax.random.randint(left_key, (), 0, max_left)
+  else:
+    left = jnp.int32(-1)
+  return jnp.where(full, time, size).astype(jnp.int32), jnp.where(full, -1, left).astype(jnp.int32)
+
+
+def encoder_attention_mask(
+    module: nn.Module, valid: jax.Array, train: bool, chunk_size: IntLike | None,
+    num_left_chunks: IntLike,
+) -> jax.Array:
+  """The [batch, time, time] attention mask of an encoder `module` (valid: [batch, time] bool).
+
+  `module` is an encoder with the attributes dynamic_chunk_training, full_context_prob, max_chunk_size and
+  dynamic_left_chunks. An explicit chunk_size wins; otherwise, when training with dynamic_chunk_training, one
+  chunk is drawn per batch from the module's "dropout" RNG stream; otherwise full context.
+  """
+  time = valid.shape[1]
+  if chunk_size is None and train and module.dynamic_chunk_training:
+    chunk_size, num_left_chunks = sample_chunk(
+        module.make_rng("dropout"), time, full_context_prob=module.full_context_prob,
+        max_chunk_size=module.max_chunk_size, dynamic_left_chunks=module.dynamic_left_chunks,
+    )
+  chunk = None if chunk_size is None else make_chunk_mask(time, chunk_size, num_left_chunks)
+  return attention_mask(valid, chunk)
+
+
+def relative_sinusoids(time: int, dim: int) -> np.ndarray:
+  """Sinusoids [2 * time - 1, dim] for relative positions time-1, time-2, ..., -(time-1) (ESPnet's order)."""
+  return layers.sinusoids(np.arange(time - 1, -time, -1), dim)
+
+
+def rel_shift(scores: jax.Array) -> jax.Array:
+  """Transformer-XL shift: [..., time, 2*time-1] by relative position -> [..., time, time] by key.
+
+  Column p of `scores` holds relative position (time-1-p) as laid out by relative_sinusoids; the result
+  has out[..., i, j] = scores[..., i, time-1-i+j], i.e. the score for relative position i-j. Pad one zero
+  column in front, view as [2*time, time], drop the first row and view back: static shapes, no gather.
+  """
+  *lead, time, positions = scores.shape
+  padded = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])
+  shifted = padded.reshape(*lead, positions + 1, time)[..., 1:, :]
+  return shifted.reshape(*lead, time, positions)[..., :time]
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Multi-head self-attention, optionally with Transformer-XL relative positions (Conformer's MHSA).
+
+  Parameters (per-head structure kept as separate axes, so fusion can move heads and head features):
+    query, key, value: kernel [embed, heads, head_dim], bias [heads, head_dim];
+    out: kernel [heads, head_dim, embed], bias [embed];
+    relative only: pos: kernel [embed, heads, head_dim] (no bias), projecting the sinusoids of relative
+    positions; pos_bias_u, pos_bias_v [heads, head_dim], the content and position biases added to queries.
+  Scores: ((q + u) k^T + rel_shift((q + v) p^T)) / sqrt(head_dim), softmax in float32.
+
+  Attributes:
+    num_heads: number of heads; head_dim = embed // num_heads.
+    relative: relative positional encoding (True) or none (absolute positions are added to the input).
+    dropout_rate: dropout on the attention probabilities.
+  """
+
+  num_heads: int
+  relative: bool = True
+  dropout_rate: float = 0.0
+  dtype: layers.Dtype | None = None
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
+    """x: [batch, time, embed], mask: [batch, time, time] bool (query, key; True = attend) -> [batch, time, embed].
+
+    A query row with no allowed key outputs zeros (then the out bias) rather than an average over padding.
+    """
+    _, time, embed = x.shape
+    if embed % self.num_heads:
+      raise ValueError(f"embed dimension {embed} is not divisible by num_heads={self.num_heads}")
+    head_dim = embed // self.num_heads
+    projection = functools.partial(
+        layers.Projection, (self.num_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
+    head_axes = ("batch", "time", "heads", "kv")
+    query = nn.with_logical_constraint(projection(name="query")(x), head_axes)
+    key = nn.with_logical_constraint(projection(name="key")(x), head_axes)
+    value = nn.with_logical_constraint(projection(name="value")(x), head_axes)
+
+    if self.relative:
+      bias_init = layers.logical(nn.initializers.xavier_uniform(), ("heads", "kv"))
+      pos_bias_u = self.param("pos_bias_u", bias_init, (self.num_heads, head_dim), self.param_dtype)
+      pos_bias_v = self.param("pos_bias_v", bias_init, (self.num_heads, head_dim), self.param_dtype)
+      table = jnp.asarray(relative_sinusoids(time, embed), self.dtype or jnp.float32)
+      positions = projection(use_bias=False, name="pos")(table)  # [2 * time - 1, heads, head_dim]
+      content = jnp.einsum("bqhd,bkhd->bhqk", query + pos_bias_u.astype(query.dtype), key)
+      position = jnp.einsum("bqhd,phd->bhqp", query + pos_bias_v.astype(query.dtype), positions)
+      scores = content + rel_shift(position)
+    else:
+      scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+
+    allowed = mask[:, None, :, :]
+    scores = scores.astype(jnp.float32) / np.sqrt(head_dim)
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0)
+    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=not train)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+    context = nn.with_logical_constraint(context, head_axes)
+    return layers.Projection(
+        (embed,), ("heads", "kv", "embed"), input_axes=2, dtype=self.dtype, param_dtype=self.param_dtype, name="out",
+    )(context)

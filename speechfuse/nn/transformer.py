@@ -1,0 +1,134 @@
+"""Transformer encoder (pre-LN or post-LN) with absolute sinusoidal or relative positions.
+
+Block, residual stream x: [batch, time, embed]:
+  pre-LN:  x += mhsa(norm_mhsa(x)); x += ffn(norm_ffn(x))          (the encoder ends with norm_out)
+  post-LN: x = norm_mhsa(x + mhsa(x)); x = norm_ffn(x + ffn(x))    (no norm_out)
+The parameter names are the same in both orders, so fusion specs do not depend on the choice.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from speechfuse.nn import attention
+from speechfuse.nn import layers
+from speechfuse.nn import subsampling
+
+POSITIONS = ("absolute", "relative")
+
+
+class TransformerBlock(nn.Module):
+  """Self-attention and feed-forward sublayers: submodules norm_mhsa, mhsa, norm_ffn, ffn.
+
+  Attributes:
+    num_heads, ffn_dim: heads and FFN hidden width.
+    pre_norm: LayerNorm before each sublayer (True) or after the residual sum (False).
+    relative: relative-position attention (mhsa/pos, pos_bias_u, pos_bias_v).
+    ffn_activation: "relu" (Vaswani, WeNet) or another name in layers.ACTIVATIONS.
+    dropout_rate: on sublayer outputs and FFN hidden activations; attention_dropout_rate: on probabilities.
+  """
+
+  num_heads: int
+  ffn_dim: int
+  pre_norm: bool = True
+  relative: bool = False
+  ffn_activation: str = "relu"
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  dtype: layers.Dtype | None = None
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    """x: [batch, time, embed], mask: [batch, time, time] bool -> [batch, time, embed]."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def sublayer(x, branch, norm_name):
+      norm = layers.layer_norm(norm_name, self.dtype, self.param_dtype)
+      drop = nn.Dropout(self.dropout_rate)
+      if self.pre_norm:
+        return x + drop(branch(norm(x)), deterministic=not train)
+      return norm(x + drop(branch(x), deterministic=not train))
+
+    attend = attention.MultiHeadSelfAttention(
+        self.num_heads, self.relative, self.attention_dropout_rate, name="mhsa", **kw)
+    x = sublayer(x, lambda h: attend(h, mask, train=train), "norm_mhsa")
+    ffn = layers.FeedForward(self.ffn_dim, self.ffn_activation, self.dropout_rate, name="ffn", **kw)
+    x = sublayer(x, lambda h: ffn(h, train=train), "norm_ffn")
+    return nn.with_logical_constraint(x, ("batch", "time", "embed"))
+
+
+class TransformerEncoder(nn.Module):
+  """Subsampling -> x * sqrt(d_model) (+ absolute sinusoids) -> dropout -> blocks (-> norm_out if pre-LN).
+
+  Parameter tree: subsampling/...; blocks_{i}/{norm_mhsa, mhsa, norm_ffn, ffn}; norm_out (pre-LN only).
+
+  Attributes:
+    num_blocks, d_model, num_heads, ffn_dim: block count, residual width, heads, FFN hidden width.
+    pre_norm: pre-LN (default) or post-LN blocks.
+    positions: "absolute" (sinusoids added after subsampling) or "relative" (inside attention).
+    ffn_activation, dropout_rate, attention_dropout_rate: as in TransformerBlock.
+    subsampling, subsampling_factor, subsampling_channels: front end, as in ConformerEncoder.
+    dynamic_chunk_training, full_context_prob, max_chunk_size, dynamic_left_chunks: see attention.sample_chunk.
+    remat: rematerialise each block in the backward pass.
+  """
+
+  num_blocks: int
+  d_model: int
+  num_heads: int
+  ffn_dim: int
+  pre_norm: bool = True
+  positions: str = "absolute"
+  ffn_activation: str = "relu"
+  subsampling: str = "conv2d"
+  subsampling_factor: int = 4
+  subsampling_channels: int | None = None
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  dynamic_chunk_training: bool = False
+  full_context_prob: float = 0.5
+  max_chunk_size: int = 25
+  dynamic_left_chunks: bool = False
+  remat: bool = False
+  dtype: layers.Dtype | None = None
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
+      chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
+      return_hidden: bool = False,
+  ) -> tuple[jax.Array, ...]:
+    """features: [batch, time, mel], lengths: [batch] -> (x [batch, time', d_model], lengths' [batch]).
+
+    Arguments and the optional third output (block outputs) as in ConformerEncoder.__call__.
+    """
+    if self.positions not in POSITIONS:
+      raise ValueError(f"unknown positions {self.positions!r}; choose from {POSITIONS}")
+    x, lengths = subsampling.make_subsampling(
+        self.subsampling, self.subsampling_factor, self.d_model, self.subsampling_channels, self.dtype,
+        self.param_dtype,
+    )(features.astype(self.dtype or features.dtype), lengths)
+    x = x * np.sqrt(self.d_model)
+    if self.positions == "absolute":
+      x = x + jnp.asarray(layers.sinusoids(np.arange(x.shape[1]), self.d_model), x.dtype)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
+    valid = attention.padding_mask(lengths, x.shape[1])
+    mask = attention.encoder_attention_mask(self, valid, train, chunk_size, num_left_chunks)
+
+    block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+    hidden = []
+    for i in range(self.num_blocks):
+      x = block(
+          self.num_heads, self.ffn_dim, self.pre_norm, self.positions == "relative", self.ffn_activation,
+          self.dropout_rate, self.attention_dropout_rate, self.dtype, self.param_dtype, name=f"blocks_{i}",
+      )(x, mask, train)
+      hidden.append(x)
+    if self.pre_norm:
+      x = layers.layer_norm("norm_out", self.dtype, self.param_dtype)(x)
+    x = jnp.where(valid[..., None], x, 0.0)
+    return (x, lengths, tuple(hidden)) if return_hidden else (x, lengths)
