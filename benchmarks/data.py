@@ -38,7 +38,10 @@ _WORDS = ("speech", "model", "the", "of", "a", "quiet", "river", "fused", "netwo
 
 
 class MemmapSource:
-  """Synthetic records whose audio lives in one int16 .npy file; pickles as its path, for workers."""
+  """Synthetic records whose audio lives in one int16 .npy file; pickles as its path, for workers.
+
+  Has an index (`metadata`) as a stored split does, so that planning reads no audio.
+  """
 
   def __init__(self, directory: str, num_utterances: int, seed: int = 0, sample_rate: int = 16000):
     rng = np.random.default_rng(seed)
@@ -59,6 +62,11 @@ class MemmapSource:
     audio = np.array(self._audio[self.offsets[index]:self.offsets[index + 1]])
     return {"id": f"synthetic-{index:05d}", "audio": audio, "sample_rate": self.sample_rate,
             "text": self.texts[index], "speaker": "synthetic", "duration": len(audio) / self.sample_rate}
+
+  def metadata(self) -> dict[str, Any]:
+    """What the pipeline plans batches from, as `storage.SplitSource.metadata`, without reading audio."""
+    return {"id": [f"synthetic-{index:05d}" for index in range(len(self))],
+            "num_samples": np.diff(self.offsets), "text": self.texts}
 
   def __getstate__(self) -> dict[str, Any]:
     return {**self.__dict__, "_audio": None}

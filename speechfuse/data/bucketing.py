@@ -1,23 +1,36 @@
-"""Bucketing by length: groups prepared examples into batches of a few fixed padded shapes.
+"""Batch planning by length: a stream of examples → batches of a few fixed padded shapes, from lengths alone.
 
-`BucketIterDataset` reads prepared examples (dicts with `index`, `id`, `audio` int16 [samples] and
-`labels` int32 [tokens]) from a grain `IterDataset`, puts each into the smallest bucket whose padded
-audio and label lengths both hold it, and emits a bucket's batch as soon as it is full. When the input
-ends, every partially filled bucket is emitted once, topped up with padding rows (`mask` 0), so no
-example is lost and no new shape appears. The batch format is documented in `speechfuse.data.pipeline`.
+Nothing here reads audio: plans are computed from the examples' audio and label lengths (a dataset's
+index, `storage.SplitSource.metadata`), so every host of a multi-host run computes the same global plan
+cheaply and then loads only its own rows of each batch (`speechfuse.data.pipeline`).
 
-Checkpoints are exact and small: the state holds the input iterator's state and the `index` of every
-example waiting in a bucket; `set_state` fetches those examples again by index from the random-access
-dataset they came from (its per-example randomness is seeded by index, so they come back identical).
+`plan_batches` buckets one pass over a stream (as Lhotse's DynamicBucketingSampler, with shapes fixed in
+advance so that jit compiles once per bucket): an example goes to the smallest bucket whose padded audio
+and label lengths both hold it, and a bucket's batch is emitted as soon as it is full. When the stream
+ends, every partially filled bucket is emitted once, smallest first, to be topped up with padding rows
+(`mask` 0), so no example is lost and no new shape appears. An example that fits no bucket is dropped
+and counted, or, with `keep_overlong`, emitted at once in a batch of its own.
+
+`StreamPlan` strings epochs of such passes together. Epoch e shuffles the examples with a generator
+seeded by (seed, e) and draws every example's speed perturbation factor from the same generator, so
+the perturbed lengths are known before any audio is read. Each epoch is planned on its own (its
+partial batches end it), so batch i of the whole stream is found by planning epochs in order, and an
+iterator's position in the stream is a single batch index.
 """
 
 from __future__ import annotations
 
+import bisect
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import grain
 import numpy as np
+
+from speechfuse.audio.augment import speed_perturbed_length
+
+DROP_REASONS = ("audio_too_long", "labels_too_long")
 
 
 class BucketShape(NamedTuple):
@@ -25,6 +38,16 @@ class BucketShape(NamedTuple):
   batch_size: int
   num_samples: int
   num_labels: int
+
+
+class PlannedBatch(NamedTuple):
+  """One global batch of a plan: its padded shape and, per real row in row order, what to load.
+
+  Rows past len(indices), up to shape.batch_size, are padding.
+  """
+  shape: BucketShape
+  indices: np.ndarray  # int64 [rows]: the examples' indices in the source
+  factors: np.ndarray  # float64 [rows]: speed perturbation factors; 1.0 leaves the audio as it is
 
 
 def pad_batch(examples: Sequence[dict[str, Any]], shape: BucketShape, pad_id: int) -> dict[str, np.ndarray]:
@@ -59,168 +82,174 @@ def pad_batch(examples: Sequence[dict[str, Any]], shape: BucketShape, pad_id: in
   return batch
 
 
-class BucketIterDataset(grain.IterDataset):
-  """Batches prepared examples into the fixed `shapes`, bucketed by audio and label length.
+def plan_batches(
+    num_samples: np.ndarray,
+    num_labels: np.ndarray,
+    shapes: Sequence[BucketShape],
+    *,
+    keep_overlong: bool = False,
+    overlong_batch_size: int = 1,
+) -> tuple[list[tuple[BucketShape, np.ndarray]], dict[str, int]]:
+  """Buckets one pass over a stream, as the module docstring describes, from its lengths.
 
-  An example that fits no bucket is dropped and counted (`dropped_counts`), or, with
-  `keep_overlong`, emitted at once in a batch of its own: `overlong_batch_size` rows, audio and labels
-  padded up to multiples of the largest bucket's lengths (evaluation keeps every example; such
-  batches add shapes, one per distinct rounded length).
+  Args:
+    num_samples: int [M], each example's audio length in stream order.
+    num_labels: int [M], each example's label length.
+    shapes: bucket shapes, in increasing num_samples and num_labels.
+    keep_overlong: emit an example that fits no bucket in a batch of its own, `overlong_batch_size`
+      rows with audio and labels padded up to multiples of the largest bucket's lengths (one extra
+      shape per distinct rounded length), instead of dropping it.
+    overlong_batch_size: rows of such a batch.
+
+  Returns:
+    The batches in emission order as (shape, int64 [rows] stream positions of its examples in row order),
+    and the dropped examples per reason: {"audio_too_long": n, "labels_too_long": m}.
+  """
+  num_samples, num_labels = np.asarray(num_samples), np.asarray(num_labels)
+  stream_length = len(num_samples)
+  bucket = np.full(stream_length, -1)
+  for k in reversed(range(len(shapes))):  # largest first, so that the smallest fitting bucket wins
+    bucket[(num_samples <= shapes[k].num_samples) & (num_labels <= shapes[k].num_labels)] = k
+  # Sorting by the moment each batch is emitted replays the one-example-at-a-time bucketing: a full
+  # batch leaves when its last example arrives, partial ones after the stream, smallest bucket first.
+  keyed = []
+  for k, shape in enumerate(shapes):
+    positions = np.flatnonzero(bucket == k)
+    for start in range(0, len(positions), shape.batch_size):
+      rows = positions[start:start + shape.batch_size]
+      key = (int(rows[-1]), 0) if len(rows) == shape.batch_size else (stream_length, k)
+      keyed.append((key, shape, rows))
+  overlong = np.flatnonzero(bucket < 0)
+  largest = shapes[-1]
+  dropped = dict.fromkeys(DROP_REASONS, 0)
+  if keep_overlong:
+    for position in overlong:
+      shape = BucketShape(overlong_batch_size, _round_up(int(num_samples[position]), largest.num_samples),
+                          _round_up(int(num_labels[position]), largest.num_labels))
+      keyed.append(((int(position), 0), shape, np.array([position])))
+  else:
+    dropped["audio_too_long"] = int((num_samples[overlong] > largest.num_samples).sum())
+    dropped["labels_too_long"] = len(overlong) - dropped["audio_too_long"]
+  keyed.sort(key=lambda item: item[0])
+  return [(shape, rows) for _, shape, rows in keyed], dropped
+
+
+class StreamPlan:
+  """The global batches of `num_epochs` epochs over N examples, by batch index: `plan[i]` → PlannedBatch.
+
+  Random access plans epochs in order as far as needed and keeps the batch counts and drops of every
+  planned epoch and the batches of the last one, so that reading in increasing order plans each epoch
+  once. Thread-safe (the pipeline's read threads share one plan); pickles for worker processes.
   """
 
   def __init__(
       self,
-      parent: grain.IterDataset,
-      examples: grain.MapDataset,
+      num_samples: np.ndarray,
+      num_labels: np.ndarray,
       shapes: Sequence[BucketShape],
       *,
-      pad_id: int,
+      seed: int,
+      shuffle: bool,
+      num_epochs: int | None,
+      speed_factors: Sequence[float] = (),
+      sample_rate: int,
       keep_overlong: bool = False,
       overlong_batch_size: int = 1,
   ):
     """Args:
-      parent: prepared examples, each with `index` such that `examples[index]` returns it again.
-      examples: the random-access dataset behind `parent`, read on `set_state` only.
-      shapes: bucket shapes, in increasing num_samples and num_labels.
-      pad_id: label padding id.
-      keep_overlong: emit examples that fit no bucket instead of dropping them.
-      overlong_batch_size: rows of a batch holding one overlong example.
+      num_samples: int [N], each example's audio length before speed perturbation.
+      num_labels: int [N], each example's label length.
+      shapes: the global bucket shapes, in increasing num_samples and num_labels.
+      seed: non-negative; drives the shuffle and the speed perturbation factors.
+      shuffle: a new order every epoch; otherwise every epoch is in source order.
+      num_epochs: None for an endless stream.
+      speed_factors: each example's factor per epoch is drawn uniformly from these; () for none.
+      sample_rate: of the audio, for the perturbed lengths.
+      keep_overlong, overlong_batch_size: as `plan_batches`.
     """
-    super().__init__(parent)
-    self._examples = examples
-    self._shapes = tuple(BucketShape(*shape) for shape in shapes)
-    self._pad_id = pad_id
-    self._keep_overlong = keep_overlong
-    self._overlong_batch_size = overlong_batch_size
+    if seed < 0:
+      raise ValueError(f"the pipeline seed must be non-negative, got {seed}")
+    self.num_samples = np.asarray(num_samples, np.int64)
+    self.num_labels = np.asarray(num_labels, np.int64)
+    self.shapes = tuple(BucketShape(*shape) for shape in shapes)
+    self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
+    self._speed_factors = np.asarray(speed_factors, np.float64)
+    self._sample_rate = sample_rate
+    self._keep_overlong, self._overlong_batch_size = keep_overlong, overlong_batch_size
+    self._ends: list[int] = []  # batches in epochs 0..e, for every planned epoch e
+    self._dropped: list[dict[str, int]] = []  # per planned epoch
+    self._last: tuple[int, list[PlannedBatch]] = (-1, [])  # the last planned epoch's batches
+    self._lock = threading.Lock()
 
-  def __iter__(self) -> _BucketIterator:
-    return _BucketIterator(
-        self._parent.__iter__(), self._examples, self._shapes, pad_id=self._pad_id,
-        keep_overlong=self._keep_overlong, overlong_batch_size=self._overlong_batch_size)
+  def __len__(self) -> int:
+    """Batches in the stream; sys.maxsize for an endless one."""
+    if self._num_epochs is None:
+      return sys.maxsize
+    with self._lock:
+      while len(self._ends) < self._num_epochs:
+        self._plan_next_epoch()
+    return self._ends[-1]
 
-  def __str__(self) -> str:
-    return f"BucketIterDataset(shapes={list(self._shapes)}, keep_overlong={self._keep_overlong})"
+  def __getitem__(self, index: int) -> PlannedBatch:
+    with self._lock:
+      epoch, offset = self._locate(index)
+      if self._last[0] != epoch:
+        self._last = (epoch, self._plan_epoch(epoch)[0])
+      return self._last[1][offset]
 
+  def dropped_before(self, position: int) -> dict[str, int]:
+    """Examples dropped for fitting no bucket in the epochs that batches [0, position) reach into."""
+    totals = dict.fromkeys(DROP_REASONS, 0)
+    if position == 0:
+      return totals
+    with self._lock:
+      epoch, _ = self._locate(position - 1)
+      for dropped in self._dropped[:epoch + 1]:
+        for reason, count in dropped.items():
+          totals[reason] += count
+    return totals
 
-class _BucketIterator(grain.DatasetIterator):
-  """Iterator of `BucketIterDataset`; its state is described in the module docstring."""
+  def _locate(self, index: int) -> tuple[int, int]:
+    """(epoch, batch within the epoch) of stream batch `index`, planning epochs up to it."""
+    while not self._ends or index >= self._ends[-1]:
+      if self._num_epochs is not None and len(self._ends) == self._num_epochs:
+        raise IndexError(f"batch {index} is past the end of the stream ({self._ends[-1]} batches)")
+      self._plan_next_epoch()
+    epoch = bisect.bisect_right(self._ends, index)
+    return epoch, index - (self._ends[epoch - 1] if epoch else 0)
 
-  def __init__(
-      self,
-      parent: grain.DatasetIterator,
-      examples: grain.MapDataset,
-      shapes: tuple[BucketShape, ...],
-      *,
-      pad_id: int,
-      keep_overlong: bool,
-      overlong_batch_size: int,
-  ):
-    super().__init__(parent)
-    self._examples = examples
-    self._shapes = shapes
-    self._pad_id = pad_id
-    self._keep_overlong = keep_overlong
-    self._overlong_batch_size = overlong_batch_size
-    self._pending: list[list[dict[str, Any]]] = [[] for _ in shapes]
-    self._input_exhausted = False
-    self._dropped = {"audio_too_long": 0, "labels_too_long": 0}
+  def _plan_next_epoch(self) -> None:
+    epoch = len(self._ends)
+    batches, dropped = self._plan_epoch(epoch)
+    if not batches:
+      raise ValueError(f"epoch {epoch} of the stream has no batch: none of its {len(self.num_samples)} "
+                       f"examples fits a bucket ({dropped}); check the bucket and token limits")
+    self._ends.append((self._ends[-1] if self._ends else 0) + len(batches))
+    self._dropped.append(dropped)
+    self._last = (epoch, batches)
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    while not self._input_exhausted:
-      try:
-        example = next(self._parent)
-      except StopIteration:
-        self._input_exhausted = True
-        break
-      num_samples, num_labels = len(example["audio"]), len(example["labels"])
-      bucket = _smallest_fitting_bucket(self._shapes, num_samples, num_labels)
-      if bucket is None:
-        if self._keep_overlong:
-          return pad_batch([example], self._overlong_shape(num_samples, num_labels), self._pad_id)
-        reason = "audio_too_long" if num_samples > self._shapes[-1].num_samples else "labels_too_long"
-        self._dropped[reason] += 1
-        continue
-      self._pending[bucket].append(example)
-      if len(self._pending[bucket]) == self._shapes[bucket].batch_size:
-        return self._emit(bucket)
-    # The input has ended: flush the partially filled buckets, smallest first.
-    for bucket, pending in enumerate(self._pending):
-      if pending:
-        return self._emit(bucket)
-    raise StopIteration
+  def _plan_epoch(self, epoch: int) -> tuple[list[PlannedBatch], dict[str, int]]:
+    count = len(self.num_samples)
+    rng = np.random.default_rng((self._seed, epoch))
+    order = rng.permutation(count) if self._shuffle else np.arange(count)
+    factors = np.ones(count)
+    num_samples = self.num_samples[order]
+    if len(self._speed_factors):
+      factors = self._speed_factors[rng.integers(len(self._speed_factors), size=count)]
+      for factor in np.unique(factors):
+        chosen = factors == factor
+        num_samples[chosen] = speed_perturbed_length(num_samples[chosen], self._sample_rate, float(factor))
+    batches, dropped = plan_batches(num_samples, self.num_labels[order], self.shapes,
+                                    keep_overlong=self._keep_overlong,
+                                    overlong_batch_size=self._overlong_batch_size)
+    return [PlannedBatch(shape, order[rows], factors[rows]) for shape, rows in batches], dropped
 
-  def _emit(self, bucket: int) -> dict[str, np.ndarray]:
-    examples, self._pending[bucket] = self._pending[bucket], []
-    return pad_batch(examples, self._shapes[bucket], self._pad_id)
+  def __getstate__(self) -> dict[str, Any]:
+    return {key: value for key, value in self.__dict__.items() if key != "_lock"}
 
-  def _overlong_shape(self, num_samples: int, num_labels: int) -> BucketShape:
-    largest = self._shapes[-1]
-    return BucketShape(
-        self._overlong_batch_size,
-        _round_up(num_samples, largest.num_samples),
-        _round_up(num_labels, largest.num_labels))
-
-  def get_state(self) -> dict[str, Any]:
-    return {
-        "input": self._parent.get_state(),
-        "pending_indices": [[int(example["index"]) for example in pending] for pending in self._pending],
-        "input_exhausted": int(self._input_exhausted),
-        "dropped": dict(self._dropped),
-        "bucket_shapes": [list(shape) for shape in self._shapes],
-    }
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    shapes = [list(shape) for shape in self._shapes]
-    if state["bucket_shapes"] != shapes:
-      raise ValueError(
-          f"the iterator state was saved with bucket shapes {state['bucket_shapes']}, but this pipeline "
-          f"has {shapes}: the data config changed since the checkpoint")
-    self._parent.set_state(state["input"])
-    self._pending = [[self._examples[index] for index in indices] for indices in state["pending_indices"]]
-    self._input_exhausted = bool(state["input_exhausted"])
-    self._dropped = dict(state["dropped"])
-
-  def __str__(self) -> str:
-    return f"_BucketIterator(shapes={list(self._shapes)})"
-
-
-def bucketing_states(state: Any) -> list[dict[str, Any]]:
-  """The bucketing iterators' states inside a pipeline iterator's state: one per worker process.
-
-  With worker processes each worker buckets its own examples, and grain nests the workers' states in
-  its interleave state; without workers the list holds the one bucketing state.
-  """
-  found, nodes = [], [state]
-  while nodes:
-    node = nodes.pop()
-    if isinstance(node, dict) and "pending_indices" in node:
-      found.append(node)
-    elif isinstance(node, dict):
-      nodes.extend(node.values())
-    elif isinstance(node, list):
-      nodes.extend(node)
-  return found
-
-
-def dropped_counts(state: Any) -> dict[str, int]:
-  """Examples dropped so far for fitting no bucket, by reason, summed over workers, from a pipeline state.
-
-  Returns:
-    {"audio_too_long": n, "labels_too_long": m}: longer audio than the largest bucket, or more tokens
-    than any bucket long enough for the audio holds.
-  """
-  totals = {"audio_too_long": 0, "labels_too_long": 0}
-  for bucketing_state in bucketing_states(state):
-    for reason, count in bucketing_state["dropped"].items():
-      totals[reason] += count
-  return totals
-
-
-def _smallest_fitting_bucket(shapes: Sequence[BucketShape], num_samples: int, num_labels: int) -> int | None:
-  for bucket, shape in enumerate(shapes):
-    if num_samples <= shape.num_samples and num_labels <= shape.num_labels:
-      return bucket
-  return None
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
 
 def _round_up(value: int, multiple: int) -> int:

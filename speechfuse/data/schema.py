@@ -21,6 +21,10 @@ Optional fields, declared per dataset (a dataset stores a declared field in ever
 
 On disk each field is a tfds feature (`features`): audio as an int16 `Tensor` rather than tfds's
 `Audio` feature, because `Audio` needs TensorFlow and reading must not.
+
+Beside the records each split stores an index (`storage.SplitSource.metadata`): per record, in record
+order, its id, num_samples (= len(audio)) and text, so that input pipelines plan batches from lengths
+on every host without reading audio.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Layout of a dataset `ROOT/NAME/` (the path `write_dataset` returns and the reade
 
   NAME/1.0.0/                  tfds directory: dataset_info.json, features.json and
                                NAME-<split>.array_record-<shard>-of-<shards> per split
+  NAME/index/<split>.npz       per record, in record order: id, num_samples, text (`SplitSource.metadata`):
+                               what a pipeline plans batches from without reading any audio
   NAME/report.json             summary (splits with examples, hours, speakers, skipped records per
                                reason) and every skipped record as {id, split, reason}
   NAME/report.md               the same for people
@@ -33,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from speechfuse.data import schema
@@ -41,6 +44,7 @@ VERSION_DIR = "1.0.0"  # = tfds_builder.VERSION, repeated so that reading does n
 MARKER = "COMPLETE.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+INDEX_DIR = "index"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # What tfds accepts as a dataset directory name.
 _SPLIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # Split names become part of file names.
@@ -68,6 +72,10 @@ class _SplitStats:
   speakers: set[str] = dataclasses.field(default_factory=set)
   skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
   bad_records: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  # The split's index (see `SplitSource.metadata`), one entry per written record, in record order.
+  ids: list[str] = dataclasses.field(default_factory=list)
+  num_samples: list[int] = dataclasses.field(default_factory=list)
+  texts: list[str] = dataclasses.field(default_factory=list)
 
   def summary(self) -> dict[str, Any]:
     return {
@@ -146,6 +154,9 @@ def write_dataset(
       split_stats.num_examples += 1
       split_stats.seconds += float(item["duration"])
       split_stats.speakers.add(item["speaker"])
+      split_stats.ids.append(record_id)
+      split_stats.num_samples.append(len(item["audio"]))
+      split_stats.texts.append(item["text"])
       yield item
     if not split_stats.num_examples:
       raise ValueError(f"dataset {name!r}, split {split!r}: no valid records "
@@ -168,6 +179,8 @@ def write_dataset(
           splits={split: lambda split=split: checked(split) for split in splits})
       builder.download_and_prepare()
       built = staging / name
+      for split, split_stats in stats.items():
+        _write_index(built, split, split_stats, builder.info.splits[split].num_examples)
       report = {
           "name": name,
           "fingerprint": fingerprint,
@@ -230,6 +243,27 @@ class SplitSource:
   def __len__(self) -> int:
     return len(self._source)
 
+  def metadata(self) -> dict[str, Any]:
+    """The split's index, read from one small file without touching the audio records.
+
+    Returns:
+      {"id": list[str], "num_samples": int64 [N], "text": list[str]}, entry i describing `self[i]`.
+
+    Raises:
+      FileNotFoundError: the dataset was written before datasets stored an index.
+    """
+    index_path = self.path / INDEX_DIR / f"{self.split}.npz"
+    if not index_path.is_file():
+      # A fallback that reads every record would cost a silent pass over the audio on every host at every
+      # start; writing the dataset again is a one-off, and explicit.
+      raise FileNotFoundError(
+          f"dataset {self.path} has no index {index_path}: it was written before datasets stored one; write "
+          f"it again with speechfuse-prepare (the built-in corpus rebuilds itself)")
+    with np.load(index_path, allow_pickle=False) as index:
+      return {"id": _unpack_strings(index["id_bytes"], index["id_offsets"]),
+              "num_samples": index["num_samples"],
+              "text": _unpack_strings(index["text_bytes"], index["text_offsets"])}
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self._source[index]
     for field in self._text_fields:
@@ -250,6 +284,34 @@ class SplitSource:
 def open_split(path: str | os.PathLike, split: str) -> SplitSource:
   """Opens one split of the dataset at `path` (as returned by `write_dataset`) for random access."""
   return SplitSource(path, split)
+
+
+def _write_index(built: pathlib.Path, split: str, stats: _SplitStats, num_written: int) -> None:
+  """Writes `built/index/<split>.npz`: num_samples int64 [N], ids and texts as UTF-8 bytes + offsets.
+
+  Strings are packed rather than stored as a numpy str array, whose fixed width (4 bytes per character
+  of the longest transcript, for every row) would blow up for long utterances.
+  """
+  if len(stats.ids) != num_written:
+    raise RuntimeError(f"split {split!r}: tfds wrote {num_written} records, the index holds {len(stats.ids)}")
+  id_bytes, id_offsets = _pack_strings(stats.ids)
+  text_bytes, text_offsets = _pack_strings(stats.texts)
+  (built / INDEX_DIR).mkdir(exist_ok=True)
+  np.savez(built / INDEX_DIR / f"{split}.npz", num_samples=np.asarray(stats.num_samples, np.int64),
+           id_bytes=id_bytes, id_offsets=id_offsets, text_bytes=text_bytes, text_offsets=text_offsets)
+
+
+def _pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """strings → (uint8 [total bytes] UTF-8, int64 [len + 1] offsets): string i is bytes[offsets[i]:offsets[i+1]]."""
+  encoded = [string.encode("utf-8") for string in strings]
+  offsets = np.zeros(len(encoded) + 1, np.int64)
+  np.cumsum([len(b) for b in encoded], out=offsets[1:])
+  return np.frombuffer(b"".join(encoded), np.uint8), offsets
+
+
+def _unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+  raw = data.tobytes()
+  return [raw[start:end].decode("utf-8") for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def _open_tfds_split(path: pathlib.Path, split: str) -> tuple[Any, list[str]]:

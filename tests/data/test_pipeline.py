@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from speechfuse.audio.augment import speed_perturbed_length
-from speechfuse.data import pipeline
+from speechfuse.data import pipeline, storage
 from speechfuse.text.chars import CharTokenizer
 
 SAMPLE_RATE = 8000
@@ -40,7 +41,6 @@ def make_config(**overrides):
   config.max_batch_seconds = 8.0
   config.max_tokens_per_second = 15.0
   config.read_threads = 0
-  config.prefetch_batches = 0
   config.update(overrides)
   return config
 
@@ -53,6 +53,24 @@ def fits_some_bucket(record: dict, config) -> bool:
   num_labels = len(TOKENIZER.encode(record["text"]))
   return any(len(record["audio"]) <= samples and num_labels <= labels
              for _, samples, labels in pipeline.bucket_shapes(config))
+
+
+class CountingSource:
+  """A list source with `metadata()`, as a stored split's, that counts the records it is asked for."""
+
+  def __init__(self, records: list[dict]):
+    self.records, self.reads = records, []
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    self.reads.append(index)
+    return self.records[index]
+
+  def metadata(self) -> dict:
+    return {"id": [r["id"] for r in self.records], "num_samples": np.array([len(r["audio"]) for r in self.records]),
+            "text": [r["text"] for r in self.records]}
 
 
 def take(iterator, count: int) -> list[dict]:
@@ -82,6 +100,7 @@ def test_bucket_shapes_follow_the_config():
     ({"batch_multiple": 0}, "batch_multiple"),
     ({"num_epochs": 0}, "num_epochs"),
     ({"worker_count": -1}, "worker_count"),
+    ({"read_buffer_size": -1}, "read_buffer_size"),
 ])
 def test_invalid_config_names_the_key(overrides, key):
   with pytest.raises(ValueError, match=key):
@@ -121,30 +140,83 @@ def test_same_seed_same_batches_other_seed_other_batches():
   assert real_ids(other) != real_ids(first)
 
 
-def test_epochs_are_reshuffled_and_complete():
+def test_epochs_are_reshuffled_and_each_holds_every_kept_example_once():
   config = make_config(num_epochs=2)
   batches = list(pipeline.make_train_iterator(SOURCE, TOKENIZER, config, seed=0, shard_index=0, shard_count=1))
   kept = sorted(r["id"] for r in SOURCE if fits_some_bucket(r, config))
   ids = real_ids(batches)
-  assert sorted(ids) == sorted(kept * 2)
+  assert sorted(ids[:len(kept)]) == sorted(ids[len(kept):]) == kept
   assert ids[:len(kept)] != ids[len(kept):]
 
 
 def test_one_epoch_shards_are_disjoint_and_cover_the_kept_examples():
-  config = make_config(num_epochs=1)
-  shard_ids, dropped = [], []
+  config = make_config(num_epochs=1, batch_multiple=3, max_batch_seconds=9.0)
+  shard_ids = []
+  too_long = sum(len(r["audio"]) > 3 * SAMPLE_RATE for r in SOURCE)
+  assert too_long > 0
   for shard_index in range(3):
     iterator = pipeline.make_train_iterator(
         SOURCE, TOKENIZER, config, seed=1, shard_index=shard_index, shard_count=3)
     shard_ids.append(real_ids(list(iterator)))
-    dropped.append(pipeline.dropped_counts(iterator.get_state()))
+    # The plan is global: every host counts every drop.
+    assert pipeline.dropped_counts(iterator.get_state()) == {
+        "audio_too_long": too_long, "labels_too_long": 1}  # the last, wordy example
   all_ids = [i for ids in shard_ids for i in ids]
   assert len(all_ids) == len(set(all_ids))
   assert sorted(all_ids) == sorted(r["id"] for r in SOURCE if fits_some_bucket(r, config))
-  too_long = sum(len(r["audio"]) > 3 * SAMPLE_RATE for r in SOURCE)
-  assert too_long > 0
-  assert sum(d["audio_too_long"] for d in dropped) == too_long
-  assert sum(d["labels_too_long"] for d in dropped) == 1  # the last, wordy example
+
+
+@pytest.mark.parametrize("shard_count", [2, 4])
+def test_hosts_agree_on_every_shape_and_together_give_the_single_host_batch(shard_count):
+  config = make_config(num_epochs=2, batch_multiple=4, max_batch_seconds=12.0, speed_perturb=True)
+  make = lambda index, count: list(pipeline.make_train_iterator(
+      SOURCE, TOKENIZER, config, seed=2, shard_index=index, shard_count=count))
+  single = make(0, 1)
+  hosts = [make(index, shard_count) for index in range(shard_count)]
+  assert all(len(batches) == len(single) for batches in hosts)
+  shapes = set(pipeline.bucket_shapes(config))
+  for step, global_batch in enumerate(single):
+    parts = [batches[step] for batches in hosts]
+    assert len({(part["audio"].shape, part["labels"].shape) for part in parts}) == 1, step
+    rows, num_samples = parts[0]["audio"].shape
+    assert (rows * shard_count, num_samples, parts[0]["labels"].shape[1]) in shapes
+    for key, value in global_batch.items():
+      np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value, err_msg=key)
+
+  # The state is a position in the global plan: a single-host checkpoint resumes on any number of hosts.
+  single_host = pipeline.make_train_iterator(SOURCE, TOKENIZER, config, seed=2, shard_index=0, shard_count=1)
+  take(single_host, 7)
+  resharded = pipeline.make_train_iterator(
+      SOURCE, TOKENIZER, config, seed=2, shard_index=shard_count - 1, shard_count=shard_count)
+  resharded.set_state(single_host.get_state())
+  assert_same_batches(list(resharded), hosts[-1][7:])
+
+
+def test_each_host_reads_only_its_rows_and_plans_from_metadata():
+  config = make_config(batch_multiple=2)
+  source = CountingSource(SOURCE)
+  iterator = pipeline.make_train_iterator(source, TOKENIZER, config, seed=0, shard_index=1, shard_count=2)
+  assert not source.reads
+  batch = next(iterator)
+  assert [SOURCE[i]["id"] for i in source.reads] == real_ids([batch])
+
+
+def test_stale_metadata_names_the_example():
+  source = CountingSource(make_source(num_examples=4))
+  metadata = source.metadata()
+  source.records[2] = {**source.records[2], "audio": source.records[2]["audio"][:-1]}  # after indexing
+  source.metadata = lambda: metadata
+  with pytest.raises(ValueError, match="utt002.*stale"):
+    list(pipeline.make_train_iterator(source, TOKENIZER, make_config(num_epochs=1), seed=0,
+                                      shard_index=0, shard_count=1))
+
+
+def test_batch_multiple_must_split_evenly_over_the_hosts():
+  with pytest.raises(ValueError, match="batch_multiple=2 must be a multiple of shard_count=4"):
+    pipeline.make_train_iterator(SOURCE, TOKENIZER, make_config(batch_multiple=2), seed=0,
+                                 shard_index=0, shard_count=4)
+  with pytest.raises(ValueError, match="batch_multiple"):
+    pipeline.make_eval_iterator(SOURCE, TOKENIZER, make_config(), shard_index=0, shard_count=2)
 
 
 def test_speed_perturbation_is_seeded_and_changes_lengths():
@@ -160,28 +232,31 @@ def test_speed_perturbation_is_seeded_and_changes_lengths():
 
 @pytest.mark.parametrize("overrides", [
     {},
-    {"speed_perturb": True, "read_threads": 2, "prefetch_batches": 2},
+    {"speed_perturb": True, "read_threads": 2, "read_buffer_size": 3},
     {"speed_perturb": True, "worker_count": 1},
     {"worker_count": 2, "read_threads": 2},
-], ids=["plain", "speed_perturb_threads_prefetch", "speed_perturb_one_worker", "two_workers_threads"])
+], ids=["plain", "speed_perturb_threads", "speed_perturb_one_worker", "two_workers_threads"])
 def test_resume_mid_run_continues_with_the_next_unseen_batch(overrides):
-  # Two epochs run to their end, so that the comparison reaches every example that was waiting in a
-  # bucket at the checkpoint, across the epoch boundary and through the final flush. The saving
-  # iterator runs on undisturbed and gives the reference (a fresh one per case costs a worker start).
-  config = make_config(num_epochs=2, **overrides)
-  make = lambda: pipeline.make_train_iterator(SOURCE, TOKENIZER, config, seed=5, shard_index=1, shard_count=2)
+  # Two epochs run to their end, so that the comparison crosses the epoch boundary and reaches the
+  # final flush. The saving iterator runs on undisturbed and gives the reference (a fresh one per case
+  # costs a worker start); it must also equal the stream read inline: workers and threads load batches,
+  # they do not change them.
+  config = make_config(num_epochs=2, batch_multiple=2, **overrides)
+  make = lambda config: pipeline.make_train_iterator(
+      SOURCE, TOKENIZER, config, seed=5, shard_index=1, shard_count=2)
   seen = 9
-  running = make()
+  running = make(config)
   take(running, seen)
   state = json.loads(json.dumps(running.get_state()))
   expected = list(running)
   expected_dropped = pipeline.dropped_counts(running.get_state())
   running.close()
   assert len(expected) > seen
-  assert any(any(s["pending_indices"]) for s in pipeline.bucketing_states(state)), (
-      "the test should restore partially filled buckets")
+  assert state["position"] == seen
+  inline = make(make_config(num_epochs=2, batch_multiple=2, speed_perturb=config.speed_perturb))
+  assert_same_batches(list(inline)[seen:], expected)
 
-  restored = make()
+  restored = make(config)
   restored.set_state(state)
   assert_same_batches(list(restored), expected)
   assert pipeline.dropped_counts(restored.get_state()) == expected_dropped
@@ -199,28 +274,41 @@ def test_restore_refuses_a_state_from_other_buckets():
     other.set_state(state)
 
 
-def test_eval_keeps_every_example_once_in_source_order():
+@pytest.mark.parametrize("shard_count", [1, 2])
+def test_eval_keeps_every_example_once_and_hosts_agree(shard_count):
   config = make_config(shuffle=True, speed_perturb=True, batch_multiple=2)
   shapes = set(pipeline.bucket_shapes(config))
-  shard_ids = []
-  for shard_index in range(2):
-    batches = list(pipeline.make_eval_iterator(SOURCE, TOKENIZER, config, shard_index=shard_index, shard_count=2))
-    again = list(pipeline.make_eval_iterator(SOURCE, TOKENIZER, config, shard_index=shard_index, shard_count=2))
-    assert_same_batches(again, batches)
-    for batch in batches:
-      assert len(batch["mask"]) % 2 == 0
-      assert ((batch["audio_lengths"] > 0) == (batch["mask"] > 0)).all()
-      shape = (len(batch["mask"]), batch["audio"].shape[1], batch["labels"].shape[1])
-      real = batch["ids"][batch["mask"] > 0]
-      overlong = [r for r in SOURCE if r["id"] in real and not fits_some_bucket(r, config)]
-      assert shape in shapes or len(real) == len(overlong) == 1
-    ids = real_ids(batches)
-    shard_ids.append(ids)
-    # Within a bucket, examples keep the source order.
-    assert all(sorted(b["ids"][b["mask"] > 0]) == list(b["ids"][b["mask"] > 0]) for b in batches)
-  all_ids = shard_ids[0] + shard_ids[1]
+  make = lambda index, count: list(pipeline.make_eval_iterator(
+      SOURCE, TOKENIZER, config, shard_index=index, shard_count=count))
+  hosts = [make(index, shard_count) for index in range(shard_count)]
+  assert_same_batches(make(0, shard_count), hosts[0])
+  assert len({len(batches) for batches in hosts}) == 1
+  single = make(0, 1)
+  for step, global_batch in enumerate(single):
+    parts = [batches[step] for batches in hosts]
+    for key, value in global_batch.items():
+      np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value, err_msg=key)
+    assert len(global_batch["mask"]) % 2 == 0
+    assert ((global_batch["audio_lengths"] > 0) == (global_batch["mask"] > 0)).all()
+    shape = (len(global_batch["mask"]), global_batch["audio"].shape[1], global_batch["labels"].shape[1])
+    real = global_batch["ids"][global_batch["mask"] > 0]
+    overlong = [r for r in SOURCE if r["id"] in real and not fits_some_bucket(r, config)]
+    assert shape in shapes or len(real) == len(overlong) == 1
+    # Within a bucket, examples keep the source order, and padding rows come last.
+    assert sorted(real) == list(real) and (np.diff(global_batch["mask"]) <= 0).all()
+  all_ids = [i for batches in hosts for i in real_ids(batches)]
   assert sorted(all_ids) == sorted(r["id"] for r in SOURCE)
-  assert not set(shard_ids[0]) & set(shard_ids[1])
+
+
+def test_a_stored_split_is_planned_from_its_index(tmp_path):
+  records = SOURCE[:24]
+  path = storage.write_dataset(tmp_path, "stored", {"train": lambda: iter(records)}, expected_sample_rate=SAMPLE_RATE,
+                               max_duration=4.0)
+  config = make_config(num_epochs=1, batch_multiple=2, speed_perturb=True)
+  for make in (functools.partial(pipeline.make_train_iterator, seed=0), pipeline.make_eval_iterator):
+    from_list = list(make(records, TOKENIZER, config, shard_index=1, shard_count=2))
+    assert_same_batches(list(make(storage.open_split(path, "train"), TOKENIZER, config, shard_index=1,
+                                  shard_count=2)), from_list)
 
 
 def test_wrong_sample_rate_names_the_example():

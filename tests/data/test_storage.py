@@ -71,6 +71,29 @@ def test_round_trip_of_every_field(tmp_path):
   assert info["speakers"] == 3
 
 
+def test_index_lists_every_record_in_order_without_reading_audio(tmp_path):
+  records = [_record(i, seconds=0.1 + 0.05 * i, text=f"wörd{i} ü") for i in range(5)]
+  path = storage.write_dataset(tmp_path, "indexed", _splits(train=records, dev=records[:2]))
+  source = storage.open_split(path, "train")
+  source._source = None  # Reading any record now fails: the index must come from its own file.
+  metadata = source.metadata()
+  assert metadata["id"] == [r["id"] for r in records]
+  assert metadata["text"] == [r["text"] for r in records]
+  assert metadata["num_samples"].dtype == np.int64
+  assert metadata["num_samples"].tolist() == [len(r["audio"]) for r in records]
+  assert storage.open_split(path, "dev").metadata()["id"] == ["utt000", "utt001"]
+  assert pickle.loads(pickle.dumps(storage.open_split(path, "dev"))).metadata()["id"] == ["utt000", "utt001"]
+
+
+def test_a_dataset_without_index_says_to_write_it_again(tmp_path):
+  path = storage.write_dataset(tmp_path, "old", _splits(train=[_record(0)]))
+  (path / storage.INDEX_DIR / "train.npz").unlink()  # as written before datasets stored an index
+  source = storage.open_split(path, "train")
+  assert source[0]["id"] == "utt000"
+  with pytest.raises(FileNotFoundError, match=r"no index .*train\.npz.*write it again"):
+    source.metadata()
+
+
 def test_required_fields_only_and_rgb_video(tmp_path):
   plain = storage.write_dataset(tmp_path, "plain", _splits(train=[_record(0), _record(1)]))
   assert set(storage.open_split(plain, "train")[0]) == set(schema.REQUIRED_FIELDS)

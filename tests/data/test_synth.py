@@ -41,6 +41,14 @@ def test_tiny_is_about_ten_minutes_with_enough_speakers(tiny):
   assert all(not s["skipped"] for s in info["splits"].values())
 
 
+def test_every_split_carries_its_index(tiny, records):
+  for split in corpus.SPLITS:
+    metadata = open_split(tiny, split).metadata()
+    assert metadata["id"] == [r["id"] for r in records[split]]
+    assert metadata["text"] == [r["text"] for r in records[split]]
+    assert metadata["num_samples"].tolist() == [len(r["audio"]) for r in records[split]]
+
+
 def test_held_out_speakers_and_sentences_are_disjoint_from_train(records):
   train_texts = {r["text"] for r in records["train"]}
   train_timbres = {r["speaker"].rsplit("-p", 1)[0] for r in records["train"]}

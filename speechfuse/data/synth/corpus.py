@@ -33,7 +33,7 @@ from speechfuse.data import storage
 from speechfuse.data.synth import acoustics, espeak, speakers, text
 
 # Bump when a change to this package changes the audio, text or labels it produces.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: datasets store a per-split index (storage.INDEX_DIR)
 SPLITS = ("train", "dev", "test_clean", "test_other")
 SAMPLE_RATE = 16000
 OPTIONAL_FIELDS = ("phonemes", "phoneme_timings", "word_timings")
