@@ -1,0 +1,64 @@
+"""Learning-rate schedules by name: warmup + cosine, Noam (inverse square root), warmup + linear, constant.
+
+Every schedule maps the optimizer's update count to a learning rate and peaks at `learning_rate` at the end
+of warmup, so that switching schedules does not change the scale to tune.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def _cosine(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps, decay_steps=steps,
+      end_value=config.learning_rate * config.end_learning_rate_factor)
+
+
+def _linear(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  return optax.join_schedules([
+      optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+      optax.linear_schedule(config.learning_rate, config.learning_rate * config.end_learning_rate_factor,
+                            steps - config.warmup_steps),
+  ], [config.warmup_steps])
+
+
+def _noam(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  """Vaswani et al.'s d^-0.5 * min(t^-0.5, t * w^-1.5), rescaled so that the peak (t = w) is learning_rate."""
+  del steps
+  warmup = max(config.warmup_steps, 1)
+
+  def schedule(count):
+    t = jnp.maximum(count, 1).astype(jnp.float32)
+    return config.learning_rate * jnp.minimum(t / warmup, jnp.sqrt(warmup / t))
+
+  return schedule
+
+
+def _constant(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  return optax.join_schedules([
+      optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+      optax.constant_schedule(config.learning_rate),
+  ], [config.warmup_steps])
+
+
+SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
+    "cosine": _cosine,
+    "linear": _linear,
+    "noam": _noam,
+    "constant": _constant,
+}
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  """Builds config.schedule over `steps` optimizer updates (warmup included)."""
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule={config.schedule!r} is unknown; choose from {sorted(SCHEDULES)}")
+  if not 0 <= config.warmup_steps <= steps:
+    raise ValueError(f"config.optimizer.warmup_steps={config.warmup_steps} must lie in [0, {steps}] "
+                     "(the schedule length: optimizer.schedule_steps, or total_steps when that is -1)")
+  return SCHEDULES[config.schedule](config, steps)

@@ -1,0 +1,82 @@
+"""The task protocol: what an objective gives the generic trainer.
+
+A task owns its data, model and loss; the trainer owns the state, the mesh, the optimizer and the loop. It is
+built as `Task(config, workdir)`; tasks that save assets with the run (a tokenizer, feature statistics) keep
+them in the workdir.
+
+- `make_input(split, *, seed, shard_index, shard_count)`: an iterator of this process's numpy batch dicts
+  (`[local_batch, ...]` arrays; string entries such as `ids` stay on the host) with `get_state()` /
+  `set_state(state)` returning / taking JSON-serialisable state (grain DatasetIterators qualify). "train"
+  never ends; "eval" is one pass. Every process must yield the same number of eval batches.
+- `init(rng, batch) -> variables`: flax variables ({"params": ..., other collections}), parameters annotated
+  with logical axes; `batch` is a one-example batch of zeros with the input's dtypes and trailing shapes.
+- `loss(params, extra, batch, rng, *, train) -> (loss, (metrics, new_extra))`: pure and jit-able; `extra` is
+  the non-parameter collections (e.g. {"batch_stats": ...}); loss is a float32 scalar, metrics a dict of
+  float32 scalars averaged over the batch.
+- `eval_step(variables, batch) -> pytree`: pure and jit-able; whatever `evaluate` needs from one batch.
+- `evaluate(eval_step, batches) -> {name: float}`: host-side loop over host batches; `eval_step(batch)`
+  returns the jitted eval_step's outputs as numpy, gathered over all processes.
+- `audio_seconds(batch) -> float`: seconds of audio in a host batch, for the progress line.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+
+
+class CheckpointableIterator(Protocol):
+  """An iterator of host batches whose position can be saved and restored."""
+
+  def __next__(self) -> dict[str, np.ndarray]: ...
+
+  def get_state(self) -> Any: ...
+
+  def set_state(self, state: Any) -> None: ...
+
+
+class Task(abc.ABC):
+  """Base class of training objectives; subclasses are registered by name in speechfuse.train.tasks."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
+    """`workdir` is the run's directory, for tasks that keep run-specific assets there (tokenizer, statistics)."""
+    self.config = config
+    self.workdir = None if workdir is None else os.fspath(workdir)
+
+  @abc.abstractmethod
+  def make_input(self, split: str, *, seed: int, shard_index: int, shard_count: int) -> CheckpointableIterator:
+    """This process's batches of `split` ("train" or "eval")."""
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Initial flax variables."""
+
+  @abc.abstractmethod
+  def loss(self, params: Any, extra: dict[str, Any], batch: Mapping[str, jax.Array], rng: jax.Array, *,
+           train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """Scalar loss, (metrics, updated non-parameter collections)."""
+
+  @abc.abstractmethod
+  def eval_step(self, variables: dict[str, Any], batch: Mapping[str, jax.Array]) -> Any:
+    """Per-batch evaluation outputs."""
+
+  @abc.abstractmethod
+  def evaluate(self, eval_step: Callable[[Mapping[str, np.ndarray]], Any],
+               batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """Evaluation metrics over `batches`."""
+
+  def audio_seconds(self, batch: Mapping[str, np.ndarray]) -> float:
+    """Seconds of audio in a host batch: sum of audio_lengths (padding examples excluded) / sample rate."""
+    if "audio_lengths" not in batch:
+      return 0.0
+    lengths = np.asarray(batch["audio_lengths"], np.float64)
+    if "mask" in batch:
+      lengths = lengths * np.asarray(batch["mask"])
+    return float(lengths.sum()) / self.config.data.get("sample_rate", 16000)
+
