@@ -1,5 +1,6 @@
-"""Losses: pure functions of model outputs, per-utterance and float32 (CTC, full and pruned RNN-T)."""
+"""Losses: pure functions of model outputs in float32 (CTC, RNN-T: per utterance; masked prediction: per batch)."""
 
 from speechfuse.losses.ctc import ctc_loss
+from speechfuse.losses.masked_prediction import ce_loss, feature_penalty, hubert_loss
 from speechfuse.losses.pruned_transducer import pruned_rnnt_loss
 from speechfuse.losses.transducer import rnnt_loss
