@@ -8,8 +8,10 @@ A recipe is `configs/<name>.py` with `get_config(arg: str | None = None) -> ml_c
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -46,6 +48,17 @@ def parse_arg(arg: str | None, *, size: str = "tiny", **defaults: Any) -> ml_col
   if values["size"] not in SIZES:
     raise ValueError(f"unknown size {values['size']!r} in config argument {arg!r}; choose from {SIZES}")
   return ml_collections.ConfigDict(values)
+
+
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config of "configs/<recipe>.py[:<arg>]", as `--config=` gives it to the launcher (for notebooks)."""
+  path, _, arg = os.fspath(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  if module_spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"no recipe config file {path!r}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def by_size(size: str, **table: Any) -> Any:

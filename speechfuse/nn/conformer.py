@@ -186,7 +186,7 @@ class ConformerEncoder(nn.Module):
   def __call__(
       self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
       chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
-      return_hidden: bool = False,
+      return_hidden: bool = False, frame_mask: jax.Array | None = None, mask_embedding: jax.Array | None = None,
   ) -> tuple[jax.Array, ...]:
     """Encodes padded features.
 
@@ -198,6 +198,9 @@ class ConformerEncoder(nn.Module):
         random chunk when training with dynamic_chunk_training).
       num_left_chunks: chunks of left context (-1: all).
       return_hidden: also return every block's output.
+      frame_mask: [batch, time'] bool, output frames replaced by `mask_embedding` [d_model] right after the
+        subsampling (masked prediction pre-training, speechfuse.models.ssl). The embedding is an argument, not
+        a parameter here, so the encoder's parameter tree is the same with and without masking.
 
     Returns:
       (x [batch, time', d_model], lengths' [batch]) and, with return_hidden, a tuple of num_blocks arrays
@@ -207,6 +210,9 @@ class ConformerEncoder(nn.Module):
         self.subsampling, self.subsampling_factor, self.d_model, self.subsampling_channels, self.dtype,
         self.param_dtype,
     )(features.astype(self.dtype or features.dtype), lengths)
+    if frame_mask is not None:
+      # Before the sqrt(d_model) scale, as any subsampled frame: the embedding stands in for a projection output.
+      x = jnp.where(frame_mask[..., None], mask_embedding.astype(x.dtype), x)
     x = nn.Dropout(self.dropout_rate)(x * np.sqrt(self.d_model), deterministic=not train)
     x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
     valid = attention.padding_mask(lengths, x.shape[1])

@@ -36,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.max_consecutive_nonfinite = 20
   # Trace profile.num_steps steps from profile.start_step into <workdir>/profile (0 steps: off).
   config.profile = ml_collections.ConfigDict({"start_step": 10, "num_steps": 0})
+  # --mode=export writes <workdir>/export/params: the average of the last `average_last` checkpoints'
+  # variables (1: the latest alone), without optimizer state, for inference and fusion.
+  config.export = ml_collections.ConfigDict({"average_last": 1})
   config.distributed = parallel.distributed.default_config()
   config.optimizer = optim.default_config()
   config.task = ml_collections.ConfigDict({"name": ""})
@@ -54,6 +57,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, process_co
               "grad_accum_steps", "max_consecutive_nonfinite"):
     if config[key] < 1:
       raise ValueError(f"config.{key}={config[key]} must be a positive integer")
+  if not 1 <= config.export.average_last <= config.keep_checkpoints:
+    raise ValueError(f"config.export.average_last={config.export.average_last} must be between 1 and "
+                     f"config.keep_checkpoints={config.keep_checkpoints} (only that many checkpoints are kept)")
   if config.max_grad_norm < 0:
     raise ValueError(f"config.max_grad_norm={config.max_grad_norm} must be >= 0 (0 disables clipping)")
   if config.compute_dtype not in COMPUTE_DTYPES:

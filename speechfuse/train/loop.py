@@ -73,6 +73,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Ru
   task = tasks.get_task(config, workdir)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                       max_grad_norm=config.max_grad_norm)
+  tx = task.wrap_optimizer(tx)
   train_iter = task.make_input("train", seed=config.seed, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
   example = state_lib.example_batch(_peek(train_iter))

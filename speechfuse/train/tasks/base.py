@@ -17,6 +17,8 @@ them in the workdir.
 - `evaluate(eval_step, batches) -> {name: float}`: host-side loop over host batches; `eval_step(batch)`
   returns the jitted eval_step's outputs as numpy, gathered over all processes.
 - `audio_seconds(batch) -> float`: seconds of audio in a host batch, for the progress line.
+- `wrap_optimizer(tx) -> tx`: the optimizer the trainer uses, from the config's (default: unchanged); a task
+  that freezes parameters for a while (fine-tuning) wraps it here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 
 class CheckpointableIterator(Protocol):
@@ -70,6 +73,10 @@ class Task(abc.ABC):
   def evaluate(self, eval_step: Callable[[Mapping[str, np.ndarray]], Any],
                batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Evaluation metrics over `batches`."""
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The optimizer the trainer runs: config.optimizer's `tx`, unchanged unless a task overrides this."""
+    return tx
 
   def audio_seconds(self, batch: Mapping[str, np.ndarray]) -> float:
     """Seconds of audio in a host batch: sum of audio_lengths (padding examples excluded) / sample rate."""

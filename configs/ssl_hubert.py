@@ -1,0 +1,72 @@
+"""HuBERT masked-prediction pre-training on unlabeled audio (the whole train split), fbank Conformer or waveform.
+
+  python launch/main.py --config=configs/ssl_hubert.py:tiny --workdir=runs/ssl_tiny
+  python launch/main.py --config=configs/ssl_hubert.py:tiny,backbone=wav2vec2,loss=ce --workdir=runs/ssl_w2v_ce
+
+Args: size (smoke, tiny, base, large), backbone=conformer|wav2vec2, loss=hubert|ce, iteration=1|2.
+  conformer: the encoder of configs/asr_conformer_ctc.py at the same size (same class, same parameter names),
+             so configs/finetune_ctc.py loads it; targets on its 25 Hz conv2d x4 frames.
+  wav2vec2:  HuBERT's waveform encoder (nn.wav2vec2; base = HuBERT base), targets at 50 Hz.
+  iteration 1: MFCC-39 k-means, 100 clusters, written into the dataset on first use.
+  iteration 2: 500 clusters of an iteration-1 model's layer, written beforehand under the name
+             config.task.targets with speechfuse.ssl.targets.model_targets and the iteration-1 task's
+             layer_features_fn (see speechfuse/train/tasks/ssl.py).
+Then fine-tune: export the params (launch/main.py --mode=export) and run configs/finetune_ctc.py with
+--config.task.init_from=<exported path>.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from speechfuse import config as config_lib
+from speechfuse import train
+from speechfuse.data import inputs
+from speechfuse.models import ssl
+from speechfuse.train.tasks import ssl as ssl_task
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The recipe at `arg`'s size, e.g. "tiny", "base,backbone=wav2vec2,loss=ce", "tiny,iteration=2"."""
+  arg = config_lib.parse_arg(arg, size="tiny", backbone="conformer", loss="hubert", iteration=1)
+  size = arg.size
+  if arg.iteration not in (1, 2):
+    raise ValueError(f"iteration={arg.iteration!r} must be 1 or 2")
+  config = train.default_config()
+  config.size = size
+  config.total_steps = config_lib.by_size(size, smoke=4, tiny=2000, base=400_000, large=400_000)
+  config.log_every_steps = config_lib.by_size(size, smoke=2, tiny=50, base=100, large=100)
+  config.eval_every_steps = config_lib.by_size(size, smoke=4, tiny=500, base=10_000, large=10_000)
+  config.checkpoint_every_steps = config_lib.by_size(size, smoke=4, tiny=500, base=10_000, large=10_000)
+  config.best_checkpoint_metric = "masked_accuracy"
+  config.best_checkpoint_mode = "max"
+  config.compute_dtype = config_lib.by_size(size, tiny="float32", base="bfloat16", large="bfloat16")
+  config.max_grad_norm = 10.0  # fairseq HuBERT's clip_norm
+
+  config.data = inputs.default_config()
+  config.data.builtin_size = config_lib.by_size(size, smoke="tiny", tiny="small", base="medium", large="large")
+  config.data.bucket_boundaries_seconds = config_lib.by_size(
+      size, tiny=(2.0, 3.0, 4.0, 6.0, 8.0, 11.0), base=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0),
+      large=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0))
+  config.data.max_batch_seconds = config_lib.by_size(size, smoke=40.0, tiny=80.0, base=600.0, large=600.0)
+  config.data.speed_perturb = False  # labels are tied to the unperturbed frames
+
+  config.model = ssl.default_config(arg.backbone, size)
+  if arg.backbone == "conformer":
+    config.model.encoder.dropout_rate = 0.1  # as configs/asr_conformer_ctc.py
+
+  config.task = ssl_task.default_config()
+  config.task.loss = arg.loss
+  config.task.iteration = arg.iteration
+  config.task.num_classes = 100 if arg.iteration == 1 else 500  # HuBERT's
+  grid = "fbank_conv2d_x4" if arg.backbone == "conformer" else "wav2vec2_cnn"
+  config.task.targets = f"mfcc_k100_{grid}" if arg.iteration == 1 else f"iter2_k500_{grid}"
+  config.model.mask.mask_prob = 0.8 if arg.loss == "hubert" else 0.65  # HuBERT vs icefall / k2SSL
+  # The Conformer's 25 Hz frames are half as many as HuBERT's 50 Hz: spans of 5 cover the same 200 ms.
+  config.model.mask.mask_length = 5 if arg.backbone == "conformer" else 10
+
+  config.optimizer.learning_rate = config_lib.by_size(size, tiny=2e-3, base=5e-4, large=5e-4)
+  config.optimizer.warmup_steps = config_lib.by_size(size, smoke=1, tiny=200, base=32_000, large=32_000)
+  config.optimizer.schedule = "cosine"
+  config.optimizer.weight_decay = 0.01
+  return config

@@ -1,0 +1,47 @@
+r"""speechfuse launcher, intentionally thin: all logic lives in `speechfuse.run` so notebooks call the same code.
+
+  python launch/main.py --config=configs/<recipe>.py:<arg> --workdir=runs/<name> [--mode=train] \
+      [--config.a.b=value ...]
+
+`<arg>` is parsed by `speechfuse.config.parse_arg` ("tiny", "base,seed=3", ...). The config is locked, so an
+override of a key that does not exist fails at start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from speechfuse import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file: configs/<recipe>.py:<arg>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_MODE = flags.DEFINE_enum("mode", "train", sorted(run.MODES), "What to do with the config.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-line message for overrides of config keys that do not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict for an unknown override
+    key = str(e).strip("\"'")
+    culprits = [a for a in argv if a.startswith("--config.") and re.search(rf"[.]{re.escape(key)}(=|[.]|$)", a)]
+    where = f" (from {culprits[0]})" if culprits else ""
+    sys.exit(f"FATAL config error: unknown config key {key!r}{where}; see the recipe's get_config() for the keys it defines.")
+  except flags.Error as e:
+    sys.exit(f"FATAL flags error: {e}")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  run.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,183 @@
+"""Masked-prediction SSL model (HuBERT; k2SSL's CE variant) over the fbank Conformer or the wav2vec 2.0 encoder.
+
+Data flow, audio int16 [B, S] -> encoder frames [B, T, d_model] -> head:
+  "conformer": fbank + CMVN -> SpecAugment (off in the recipes) -> ConformerEncoder, whose subsampled frames
+               under the span mask are replaced by `mask_embedding` [d_model] (the encoder's `frame_mask` hook).
+  "wav2vec2":  waveform / 32768 -> Wav2Vec2Encoder(mask=...), whose own encoder/mask_embedding is used.
+  head "hubert": final_proj Dense d_model -> final_dim, and label_embeddings [C, final_dim] (fairseq's
+               label_embs_concat), scored by cosine similarity in losses.masked_prediction.hubert_loss.
+  head "ce":     ce_head Dense d_model -> C (k2SSL), scored by losses.masked_prediction.ce_loss.
+
+Parameter tree: encoder/... is exactly the tree of the same encoder inside the ASR models (models.ctc with
+the same model.encoder config), so a pre-trained encoder loads into them by name; mask_embedding (Conformer
+only), final_proj / label_embeddings or ce_head are the pre-training head, dropped at fine-tuning.
+
+The span mask (nn.masking.compute_mask) is drawn from an explicit key: training passes a fresh one per step,
+evaluation a fixed one, so dev metrics are comparable between evaluations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from speechfuse import audio as audio_lib
+from speechfuse.models import acoustic
+from speechfuse.nn import attention, layers, masking, subsampling, wav2vec2
+
+BACKBONES = ("conformer", "wav2vec2")
+HEADS = ("hubert", "ce")
+WAV2VEC2_KEYS = ("num_blocks", "d_model", "num_heads", "ffn_dim", "extractor_channels", "extractor_mode",
+                 "conv_bias", "pre_norm", "pos_conv_kernel", "pos_conv_groups", "ffn_activation", "dropout_rate",
+                 "attention_dropout_rate", "input_dropout_rate", "feature_grad_mult", "remat")
+
+
+def default_config(backbone: str = "conformer", size: str = "tiny") -> ml_collections.ConfigDict:
+  """config.model for name="ssl"; the class count and the head come from the task (its targets and its loss)."""
+  if backbone not in BACKBONES:
+    raise ValueError(f"unknown SSL backbone {backbone!r}; choose from {BACKBONES}")
+  config = ml_collections.ConfigDict({"name": "ssl", "backbone": backbone, "final_dim": 256})
+  config.mask = ml_collections.ConfigDict({
+      "mask_prob": 0.8,  # HuBERT (icefall / k2SSL: 0.65)
+      "mask_length": 10,  # frames per span
+      "min_masks": 2,
+  })
+  if backbone == "conformer":
+    config.frontend = acoustic.default_frontend_config()
+    config.spec_augment = acoustic.default_spec_augment_config()
+    config.spec_augment.enabled = False  # the span mask is the corruption; HuBERT pre-trains without SpecAugment
+    config.encoder = acoustic.default_encoder_config("conformer", size)
+  else:
+    config.encoder = ml_collections.ConfigDict(_wav2vec2_size(size))
+    config.encoder.feature_grad_mult = 0.1  # fairseq HuBERT base
+  return config
+
+
+def _wav2vec2_size(size: str) -> dict[str, Any]:
+  """Wav2Vec2Encoder attributes by recipe size: smoke for tests, tiny / base from nn.wav2vec2, large as HuBERT large."""
+  if size == "smoke":
+    return dict(num_blocks=2, d_model=64, num_heads=2, ffn_dim=256, extractor_channels=32, pos_conv_kernel=16)
+  if size == "large":
+    return dict(num_blocks=24, d_model=1024, num_heads=16, ffn_dim=4096, extractor_channels=512,
+                extractor_mode="layer_norm", pre_norm=True)
+  return wav2vec2.wav2vec2_size(size)
+
+
+class SSLOutput(NamedTuple):
+  """What SSLModel returns.
+
+  head: float [B, T, final_dim] (hubert: projected frames) or [B, T, C] (ce: logits before the temperature).
+  label_embeddings: [C, final_dim] (hubert) or None (ce).
+  frame_mask: bool [B, T], True on masked frames.
+  lengths: [B] valid encoder frames.
+  features: [B, T, channels] the convolutional features (wav2vec2, for the feature penalty) or None.
+  """
+
+  head: jax.Array
+  label_embeddings: jax.Array | None
+  frame_mask: jax.Array
+  lengths: jax.Array
+  features: jax.Array | None
+
+
+class SSLModel(nn.Module):
+  """Encoder with span masking at its input and a masked-prediction head.
+
+  Attributes:
+    backbone: "conformer" (needs frontend, spec_augment) or "wav2vec2".
+    encoder: ConformerEncoder (acoustic.make_encoder) or Wav2Vec2Encoder.
+    num_classes: C, the k-means clusters of the targets.
+    head: "hubert" or "ce".
+    final_dim: HuBERT's projection width.
+    mask_prob, mask_length, min_masks: nn.masking.compute_mask.
+    frontend, spec_augment: the Conformer's front end (as models.ctc).
+    dtype: compute dtype of the head.
+  """
+  backbone: str
+  encoder: nn.Module
+  num_classes: int
+  head: str = "hubert"
+  final_dim: int = 256
+  mask_prob: float = 0.8
+  mask_length: int = 10
+  min_masks: int = 2
+  frontend: nn.Module | None = None
+  spec_augment: nn.Module | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, audio: jax.Array, audio_lengths: jax.Array, mask_rng: jax.Array, *,
+               train: bool = False) -> SSLOutput:
+    """audio: int16 [B, S], audio_lengths: [B], mask_rng: key of the span mask -> SSLOutput.
+
+    With train=True apply with rngs for acoustic.RNG_STREAMS (and mutable=["batch_stats"] for a BatchNorm Conformer).
+    """
+    mask = lambda lengths, time: masking.compute_mask(mask_rng, lengths, time, mask_prob=self.mask_prob,
+                                                      mask_length=self.mask_length, min_masks=self.min_masks)
+    if self.backbone == "conformer":
+      features, feature_lengths = self.frontend(audio, audio_lengths, deterministic=not train)
+      features = self.spec_augment(features, feature_lengths, train=train)
+      kind, factor = self.encoder.subsampling, self.encoder.subsampling_factor
+      frame_mask = mask(subsampling.subsampled_length(feature_lengths, kind, factor),
+                        subsampling.subsampled_length(features.shape[1], kind, factor))
+      embedding = self.param("mask_embedding", layers.logical(nn.initializers.uniform(1.0), ("embed",)),
+                             (self.encoder.d_model,), jnp.float32)
+      x, lengths = self.encoder(features, feature_lengths, train=train, frame_mask=frame_mask,
+                                mask_embedding=embedding)
+      conv_features = None
+    else:
+      frame_mask = mask(wav2vec2.frame_lengths(audio_lengths), wav2vec2.frame_lengths(audio.shape[1]))
+      out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths, mask=frame_mask, train=train)
+      x, lengths, conv_features = out.x, out.lengths, out.features
+    if self.head == "hubert":
+      projected = nn.Dense(self.final_dim, dtype=self.dtype, kernel_init=layers.kernel_init(("embed", None)),
+                           bias_init=layers.bias_init((None,)), name="final_proj")(x)
+      label_embeddings = self.param("label_embeddings", layers.logical(nn.initializers.uniform(1.0), ("vocab", None)),
+                                    (self.num_classes, self.final_dim), jnp.float32)
+      return SSLOutput(projected, label_embeddings, frame_mask, lengths, conv_features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.kernel_init(("embed", "vocab")),
+                      bias_init=layers.bias_init(("vocab",)), name="ce_head")(x)
+    return SSLOutput(logits, None, frame_mask, lengths, conv_features)
+
+
+  def hidden(self, audio: jax.Array, audio_lengths: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """Unmasked evaluation-mode layer outputs, for iteration-2 targets (ssl.targets.model_targets).
+
+    audio: int16-scale [B, S], audio_lengths: [B] -> (hidden, lengths [B]); hidden[i] is [B, T, d_model], padding
+    zero: the Conformer's block outputs (hidden[i] = block i + 1), the wav2vec2 encoder's HF-style hidden states
+    (hidden[0] = the blocks' input, hidden[i] = block i).
+    """
+    if self.backbone == "conformer":
+      features, feature_lengths = self.frontend(audio, audio_lengths)
+      x, lengths, blocks = self.encoder(features, feature_lengths, return_hidden=True)
+      valid = attention.padding_mask(lengths, x.shape[1])[..., None]
+      return tuple(jnp.where(valid, h, 0.0) for h in blocks), lengths
+    out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths)
+    return out.hidden, out.lengths
+
+
+def from_config(config: ml_collections.ConfigDict, dtype: Any, *, num_classes: int, head: str,
+                cmvn: audio_lib.CMVNStats | None = None) -> SSLModel:
+  """SSLModel of config.model (default_config()) for `num_classes` targets and `head` ("hubert" or "ce");
+  the Conformer needs `cmvn`."""
+  if config.backbone not in BACKBONES:
+    raise ValueError(f"config.model.backbone={config.backbone!r} is unknown; choose from {BACKBONES}")
+  if head not in HEADS:
+    raise ValueError(f"SSL head {head!r} is unknown; choose from {HEADS}")
+  common = dict(num_classes=num_classes, head=head, final_dim=config.final_dim, dtype=dtype,
+                **config.mask.to_dict())
+  if config.backbone == "conformer":
+    if config.encoder.architecture != "conformer" or config.encoder.subsampling != "conv2d":
+      raise ValueError("the SSL Conformer needs config.model.encoder.architecture='conformer' and "
+                       "subsampling='conv2d' (the frame grid its targets are written on)")
+    return SSLModel("conformer", acoustic.make_encoder(config.encoder, dtype),
+                    frontend=acoustic.make_frontend(config.frontend, cmvn),
+                    spec_augment=acoustic.make_spec_augment(config.spec_augment), **common)
+  unknown = sorted(set(config.encoder) - set(WAV2VEC2_KEYS))
+  if unknown:
+    raise ValueError(f"config.model.encoder has keys {unknown} that a wav2vec2 encoder does not take")
+  return SSLModel("wav2vec2", wav2vec2.Wav2Vec2Encoder(**config.encoder.to_dict(), dtype=dtype), **common)

@@ -1,0 +1,41 @@
+"""Freezing part of the parameters for the first updates (encoder freezing at the start of fine-tuning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# (path of a parameter as jax.tree_util key entries) -> whether it is frozen.
+PathPredicate = Callable[[tuple[Any, ...]], bool]
+
+
+class FreezeState(NamedTuple):
+  inner: optax.OptState
+  count: jax.Array  # int32 [], updates so far
+
+
+def freeze_for_steps(tx: optax.GradientTransformation, steps: int,
+                     frozen: PathPredicate) -> optax.GradientTransformation:
+  """`tx` whose final updates are zero on the `frozen` parameters for its first `steps` updates.
+
+  The update is masked after `tx` (not the gradient before it), so nothing moves a frozen parameter: neither
+  the gradient step nor AdamW's decoupled weight decay. `tx`'s moments keep accumulating the frozen
+  parameters' gradients meanwhile, so they start from warm statistics when the freeze ends. The count is this
+  wrapper's own: updates the trainer skips (non-finite steps) do not count.
+  """
+
+  def init(params):
+    return FreezeState(tx.init(params), jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    active = state.count < steps
+    updates = jax.tree_util.tree_map_with_path(
+        lambda path, u: jnp.where(active, jnp.zeros_like(u), u) if frozen(path) else u, updates)
+    return updates, FreezeState(inner, state.count + 1)
+
+  return optax.GradientTransformation(init, update)

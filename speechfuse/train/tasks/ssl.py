@@ -1,0 +1,262 @@
+"""Masked-prediction pre-training ("ssl_hubert"): HuBERT's or k2SSL's CE loss on k-means frame targets.
+
+Model: speechfuse.models.ssl (config.model.name = "ssl") over the fbank Conformer of the ASR recipes or the
+wav2vec 2.0 waveform encoder; the loss (config.task.loss, "hubert" or "ce") picks the head.
+
+Targets (speechfuse.ssl.targets), at the encoder's frame rate: the labels `config.task.targets` of the
+dataset, on the backbone's grid (fbank_conv2d_grid for the Conformer, wav2vec2_grid for the waveform
+encoder). Iteration 1 writes them on first use (MFCC-39 k-means with config.task.num_classes clusters, fitted
+on a config.task.kmeans_fraction of the training utterances, then applied to the train and eval splits) into
+<dataset>/labels/<targets>/, where later runs find them. Iteration 2 reads labels written beforehand with
+`ssl.targets.model_targets(dataset, name, task.layer_features_fn(variables, layer), task.grid, k=500)` from a
+layer of the iteration-1 model (its exported variables, train.load_variables).
+
+Batches: the ASR pipeline's (speechfuse.data.pipeline, its contract unchanged; the text is not used, so the
+tokenizer yields no tokens and speed perturbation is refused: it would move frames off their labels), plus
+  frame_labels: int32 [batch, frames], each example's labels looked up by id and zero-padded to the encoder
+                frame count of the bucket's padded length (frames past the example's own count are padding).
+The wrapper delegates get_state / set_state to the pipeline iterator, so the position it saves is exact.
+
+CMVN for the Conformer: the same <workdir>/cmvn.json statistics as the ASR task (tasks.asr.run_cmvn, same
+utterances), so a fine-tuning run that computes its own from the full train split normalises identically.
+
+Loss: the masked-prediction loss (losses.masked_prediction) over valid encoder frames, plus, for the waveform
+backbone, feature_penalty_weight * mean squared convolutional features (HuBERT / k2SSL: 10). Evaluation on
+dev: masked-prediction loss and accuracy on masked and unmasked frames, with a fixed mask key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from speechfuse import models, ssl as ssl_lib
+from speechfuse.data import inputs, pipeline
+from speechfuse.losses import masked_prediction
+from speechfuse.models import acoustic
+from speechfuse.nn import attention
+from speechfuse.train.tasks import asr, base
+
+LOSSES = ("hubert", "ce")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.task for "ssl_hubert"."""
+  config = ml_collections.ConfigDict()
+  config.name = "ssl_hubert"
+  config.loss = "hubert"  # "hubert" (cosine to label embeddings) or "ce" (k2SSL: linear head)
+  config.iteration = 1  # 1: MFCC k-means targets written on first use; 2: labels written by model_targets
+  config.targets = "mfcc_k100_fbank_conv2d_x4"  # labels name under <dataset>/labels/
+  config.num_classes = 100  # k-means clusters (iteration 1: 100; iteration 2: 500)
+  config.kmeans_fraction = 0.1  # share of training utterances the iteration-1 codebook is fitted on
+  config.kmeans_seed = 0
+  config.temperature = 0.1  # logits / temperature in both losses
+  config.masked_weight = 1.0  # fairseq's pred_masked_weight
+  config.unmasked_weight = 0.0  # fairseq's pred_nomask_weight
+  config.feature_penalty_weight = 10.0  # waveform backbone only (HuBERT and k2SSL: 10)
+  config.cmvn_utterances = 2000  # as the ASR task's, so both compute the same statistics
+  return config
+
+
+def target_grid(model_config: ml_collections.ConfigDict, sample_rate: int) -> ssl_lib.FrameGrid:
+  """The frame grid of config.model's encoder, on which its targets must be written."""
+  if model_config.backbone == "conformer":
+    return ssl_lib.fbank_conv2d_grid(sample_rate, model_config.encoder.subsampling_factor)
+  return ssl_lib.wav2vec2_grid(sample_rate)
+
+
+class _NoText:
+  """The pipeline's tokenizer for unlabeled audio: no tokens, so the text never limits bucketing."""
+
+  pad_id = 0
+
+  def encode(self, text: str) -> list[int]:
+    del text
+    return []
+
+
+class _FrameLabels:
+  """Adds `frame_labels` int32 [batch, frames] to every batch of a pipeline iterator; checkpointable by delegation.
+
+  Args:
+    iterator: a pipeline iterator (batches with ids, audio, audio_lengths, mask).
+    labels: record id -> int labels [T_i] on the encoder's grid.
+    frame_count: samples -> encoder frames (the grid's length function).
+  """
+
+  def __init__(self, iterator: base.CheckpointableIterator, labels: Mapping[str, np.ndarray],
+               frame_count: Callable[[int], int]):
+    self._iterator = iterator
+    self._labels = labels
+    self._frame_count = frame_count
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self._iterator))
+    frame_labels = np.zeros((len(batch["mask"]), self._frame_count(batch["audio"].shape[1])), np.int32)
+    for row in np.flatnonzero(np.asarray(batch["mask"]) > 0):
+      record_id = str(batch["ids"][row])
+      labels = self._labels[record_id]
+      expected = self._frame_count(int(batch["audio_lengths"][row]))
+      if len(labels) != expected:
+        raise ValueError(f"labels of {record_id!r} have {len(labels)} frames, its audio gives {expected} encoder "
+                         "frames: the labels were written on another grid or for other audio")
+      frame_labels[row, :expected] = labels
+    batch["frame_labels"] = frame_labels
+    return batch
+
+  def get_state(self) -> Any:
+    return self._iterator.get_state()
+
+  def set_state(self, state: Any) -> None:
+    self._iterator.set_state(state)
+
+
+class SSLTask(base.Task):
+  """HuBERT-style masked prediction over config.model (models.ssl)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
+    super().__init__(config, workdir)
+    task = config.task
+    if task.loss not in LOSSES:
+      raise ValueError(f"config.task.loss={task.loss!r} is unknown; choose from {LOSSES}")
+    if config.data.speed_perturb:
+      raise ValueError("config.data.speed_perturb must be False for ssl_hubert: perturbed audio no longer lines up "
+                       "with its frame labels")
+    self.data_config = config.data.copy_and_resolve_references()
+    self.data_config.batch_multiple = math.lcm(config.data.batch_multiple, asr.data_parallel_unit(config))
+    self.dataset = inputs.dataset_path(config.data)
+    self.grid = target_grid(config.model, config.data.sample_rate)
+    self._prepare_targets()
+    cmvn = None
+    if config.model.backbone == "conformer":
+      if workdir is None:
+        raise ValueError("ssl_hubert with the Conformer keeps its CMVN statistics in the run's workdir; build it "
+                         "with tasks.get_task(config, workdir)")
+      cmvn = asr.run_cmvn(self.workdir, inputs.open_split(config.data, config.data.train_split),
+                          num_mel_bins=config.model.frontend.num_mel_bins, max_utterances=task.cmvn_utterances)
+    self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype), num_classes=task.num_classes,
+                                  head=task.loss, cmvn=cmvn)
+
+  def _prepare_targets(self) -> None:
+    """Writes iteration-1 targets if the dataset has none yet; checks that the labels fit the model."""
+    task, data = self.config.task, self.config.data
+    info_path = self.dataset / ssl_lib.targets.LABELS_DIR / task.targets / ssl_lib.targets.INFO
+    splits = (data.train_split, data.eval_split)
+    have = info_path.is_file() and set(splits) <= set(ssl_lib.targets.labels_info(self.dataset, task.targets)["splits"])
+    if not have:
+      if task.iteration != 1:
+        raise FileNotFoundError(
+            f"config.task.targets={task.targets!r}: {info_path} is missing or lacks {splits}; iteration "
+            f"{task.iteration} labels come from the previous model (ssl.targets.model_targets)")
+      if jax.process_index() == 0:
+        logging.info("writing MFCC k-means targets %r (k=%d) for %s", task.targets, task.num_classes, self.dataset)
+        ssl_lib.targets.mfcc_targets(self.dataset, task.targets, self.grid, k=task.num_classes, splits=splits,
+                                     sample_fraction=task.kmeans_fraction, seed=task.kmeans_seed)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-host only
+        multihost_utils.sync_global_devices("ssl_targets")
+    info = ssl_lib.targets.labels_info(self.dataset, task.targets)
+    if info["k"] != task.num_classes:
+      raise ValueError(f"labels {task.targets!r} have k={info['k']}, config.task.num_classes={task.num_classes}")
+    if not math.isclose(info["frame_rate"], self.grid.frame_rate):
+      raise ValueError(f"labels {task.targets!r} are at {info['frame_rate']} Hz; the {self.config.model.backbone} "
+                       f"encoder runs at {self.grid.frame_rate} Hz ({self.grid.name})")
+
+  def layer_features_fn(self, variables: dict[str, Any], layer: int) -> ssl_lib.targets.FeaturesFn:
+    """The features of `layer` (SSLModel.hidden's index) of the model with `variables`, jitted: iteration 2's
+    input to ssl.targets.model_targets, on this task's grid (`self.grid`)."""
+    hidden = jax.jit(lambda audio, lengths: self.model.apply(variables, audio, lengths, method="hidden"))
+
+    def features(audio, lengths):
+      layers, frames = hidden(jnp.asarray(audio), jnp.asarray(lengths))
+      return layers[layer], frames
+
+    return features
+
+  # Data.
+
+  def make_input(self, split: str, *, seed: int, shard_index: int, shard_count: int) -> base.CheckpointableIterator:
+    if split not in ("train", "eval"):
+      raise ValueError(f"unknown split {split!r}; ssl_hubert has 'train' and 'eval'")
+    name = self.config.data.train_split if split == "train" else self.config.data.eval_split
+    source = inputs.open_split(self.config.data, name)
+    if split == "train":
+      iterator = pipeline.make_train_iterator(source, _NoText(), self.data_config, seed=seed,
+                                              shard_index=shard_index, shard_count=shard_count)
+    else:
+      iterator = pipeline.make_eval_iterator(source, _NoText(), self.data_config, shard_index=shard_index,
+                                             shard_count=shard_count)
+    return _FrameLabels(iterator, ssl_lib.open_labels(self.dataset, self.config.task.targets, name),
+                        self.grid.frame_count)
+
+  # Model.
+
+  def init(self, rng, batch):
+    return dict(self.model.init(rng, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0)))
+
+  def _apply(self, variables, batch, rng: jax.Array | None, *, train: bool):
+    """model.apply with a fresh mask and RNG streams in training, the fixed mask key 0 otherwise."""
+    if not train:
+      out = self.model.apply(variables, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0), train=False)
+      return out, {}
+    mask_rng, *keys = jax.random.split(rng, len(acoustic.RNG_STREAMS) + 1)
+    mutable = sorted(variables.keys() - {"params"})
+    out, updates = self.model.apply(variables, batch["audio"], batch["audio_lengths"], mask_rng, train=True,
+                                    rngs=dict(zip(acoustic.RNG_STREAMS, keys)), mutable=mutable)
+    return out, dict(updates)
+
+  def _objective(self, out, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Masked-prediction loss (+ feature penalty) of the model's outputs against batch["frame_labels"]."""
+    task = self.config.task
+    frames = out.head.shape[1]
+    if batch["frame_labels"].shape[1] != frames:
+      raise ValueError(f"frame_labels have {batch['frame_labels'].shape[1]} frames, the encoder gives {frames}")
+    valid = attention.padding_mask(out.lengths, frames)
+    kw = dict(temperature=task.temperature, masked_weight=task.masked_weight, unmasked_weight=task.unmasked_weight)
+    if task.loss == "hubert":
+      loss, metrics = masked_prediction.hubert_loss(out.head, out.label_embeddings, batch["frame_labels"],
+                                                    out.frame_mask, valid, **kw)
+    else:
+      loss, metrics = masked_prediction.ce_loss(out.head, batch["frame_labels"], out.frame_mask, valid, **kw)
+    if out.features is not None:
+      penalty = masked_prediction.feature_penalty(out.features, valid)
+      metrics["feature_penalty"] = penalty
+      loss = loss + task.feature_penalty_weight * penalty
+    return loss, metrics
+
+  def loss(self, params, extra, batch, rng, *, train):
+    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train)
+    loss, metrics = self._objective(out, batch)
+    return loss, (metrics, updates if train else extra)
+
+  def eval_step(self, variables, batch):
+    out, _ = self._apply(variables, batch, None, train=False)
+    _, metrics = self._objective(out, batch)
+    return metrics
+
+  def evaluate(self, eval_step, batches) -> dict[str, float]:
+    """Frame-weighted means over the batches: loss and accuracy on masked frames, accuracy on unmasked ones."""
+    sums = {"masked_loss": 0.0, "masked_accuracy": 0.0, "unmasked_accuracy": 0.0, "masked_frames": 0.0,
+            "unmasked_frames": 0.0}
+    for batch in batches:
+      out = eval_step(batch)
+      masked, unmasked = float(out["masked_frames"]), float(out["unmasked_frames"])
+      sums["masked_loss"] += float(out["masked_loss"]) * masked
+      sums["masked_accuracy"] += float(out["masked_accuracy"]) * masked
+      sums["unmasked_accuracy"] += float(out["unmasked_accuracy"]) * unmasked
+      sums["masked_frames"] += masked
+      sums["unmasked_frames"] += unmasked
+    masked, unmasked = max(sums["masked_frames"], 1.0), max(sums["unmasked_frames"], 1.0)
+    return {"loss": sums["masked_loss"] / masked, "masked_accuracy": sums["masked_accuracy"] / masked,
+            "unmasked_accuracy": sums["unmasked_accuracy"] / unmasked, "masked_frames": sums["masked_frames"]}

@@ -1,0 +1,158 @@
+"""Fine-tuning CTC from an ssl_hubert run: a short pre-training run through the trainer, exported; the encoder
+loads into the CTC model (values equal, head dropped and logged), mismatches name the parameter, the encoder
+stays frozen for the first updates, and the labeled subset is fixed."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+from absl import logging as absl_logging
+from flax import traverse_util
+
+from speechfuse import optim, parallel, train
+from speechfuse.data import inputs, storage
+from speechfuse.train import state as state_lib, tasks
+from speechfuse.train.tasks import asr
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WORDS = ("one", "two", "three", "four", "five", "six")
+
+
+def recipe(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _records(split: str, count: int, seed: int):
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    samples = int(rng.integers(12000, 24000))
+    yield {"id": f"{split}-{i}", "audio": (rng.normal(size=samples) * 3000).astype(np.int16), "sample_rate": 16000,
+           "text": " ".join(rng.choice(WORDS, size=2)), "speaker": f"{split}-speaker", "duration": samples / 16000}
+
+
+def _data(config, dataset):
+  config.data.corpus = str(dataset)
+  config.data.bucket_boundaries_seconds = (1.0, 1.5)
+  config.data.max_batch_seconds = 6.0
+  config.data.test_splits = ()
+  config.compute_dtype = "float32"
+  return config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  counts = {"train": 10, "dev": 3}
+  return storage.write_dataset(tmp_path_factory.mktemp("data"), "noise_words",
+                               {split: (lambda s=split, n=n: _records(s, n, len(s))) for split, n in counts.items()})
+
+
+@pytest.fixture(scope="module")
+def pretrained(dataset, tmp_path_factory):
+  """Variables exported from 2 steps of ssl_hubert (smoke Conformer) through the trainer."""
+  config = _data(recipe("ssl_hubert", "smoke"), dataset)
+  config.task.num_classes = 8
+  config.task.kmeans_fraction = 1.0
+  config.task.targets = "mfcc_k8_fbank_conv2d_x4"
+  config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+  workdir = tmp_path_factory.mktemp("ssl")
+  train.train_and_evaluate(config, workdir)
+  return train.export_params(workdir, workdir / "params")
+
+
+def finetune_config(dataset, init_from=None, **task):
+  config = _data(recipe("finetune_ctc", "smoke"), dataset)
+  config.data.train_fraction = 0.5  # 5 of 10 utterances: enough for a batch
+  config.task.init_from = None if init_from is None else str(init_from)
+  for key, value in task.items():
+    config.task[key] = value
+  return config
+
+
+def _init(task):
+  batch = next(task.make_input("train", seed=0, shard_index=0, shard_count=1))
+  return jax.jit(lambda: task.init(jax.random.key(0), state_lib.example_batch(batch)))(), batch
+
+
+def _unbox(tree):
+  return jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, tree, is_leaf=lambda x: hasattr(x, "value"))
+
+
+def test_encoder_loads_and_head_is_dropped_with_a_message(dataset, pretrained, tmp_path, monkeypatch):
+  messages = []
+  monkeypatch.setattr(absl_logging, "info", lambda fmt, *args: messages.append(fmt % args))
+  task = tasks.get_task(finetune_config(dataset, pretrained), tmp_path)
+  variables, _ = _init(task)
+  source = train.load_variables(pretrained)
+  for collection in ("params", "batch_stats"):
+    loaded = traverse_util.flatten_dict(_unbox(variables[collection])["encoder"])
+    expected = traverse_util.flatten_dict(source[collection]["encoder"])
+    assert loaded.keys() == expected.keys()
+    for key in loaded:
+      np.testing.assert_array_equal(loaded[key], expected[key])
+  scratch, _ = _init(tasks.get_task(finetune_config(dataset), tmp_path / "scratch"))
+  assert not np.array_equal(_unbox(scratch["params"])["encoder"]["blocks_0"]["ffn1"]["dense_in"]["kernel"],
+                            source["params"]["encoder"]["blocks_0"]["ffn1"]["dense_in"]["kernel"])
+  text = "\n".join(messages)
+  assert "loaded" in text and "params/encoder/blocks_0/mhsa/query/kernel" in text
+  initialised = next(m for m in messages if "newly initialised" in m)
+  assert sorted(initialised.split(": ")[-1].split(", ")) == ["params/ctc_head/bias", "params/ctc_head/kernel"]
+  dropped = next(m for m in messages if "dropped" in m)
+  for head in ("params/final_proj/kernel", "params/label_embeddings", "params/mask_embedding"):
+    assert head in dropped
+
+
+def test_shape_mismatch_names_the_parameter(dataset, pretrained):
+  variables = {"params": {"encoder": {"proj": {"kernel": np.zeros((3, 4), np.float32)}}}}
+  source = {"params": {"encoder": {"proj": {"kernel": np.zeros((3, 5), np.float32)}}}}
+  with pytest.raises(ValueError, match="params/encoder/proj/kernel has shape"):
+    asr.merge_pretrained(variables, source, ("encoder",))
+  with pytest.raises(ValueError, match="params/encoder/extra/bias is not in"):
+    asr.merge_pretrained({"params": {"encoder": {"extra": {"bias": np.zeros(2)}}}}, source, ("encoder",))
+  del pretrained
+
+
+def test_encoder_frozen_for_the_first_updates(dataset, pretrained, tmp_path):
+  config = finetune_config(dataset, pretrained, freeze_encoder_steps=2)
+  task = tasks.get_task(config, tmp_path)
+  variables, batch = _init(task)
+  params, extra = _unbox(variables["params"]), {k: v for k, v in variables.items() if k != "params"}
+  tx = task.wrap_optimizer(optim.make_optimizer(config.optimizer, total_steps=4)[0])
+  opt_state = tx.init(params)
+  batch = parallel.numeric_only(batch)
+
+  @jax.jit
+  def step(params, extra, opt_state, rng):
+    grads, (_, extra) = jax.grad(task.loss, has_aux=True)(params, extra, batch, rng, train=True)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), extra, opt_state
+
+  history = [params]
+  for i in range(3):
+    params, extra, opt_state = step(params, extra, opt_state, jax.random.key(i))
+    history.append(params)
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same(history[0]["encoder"], history[2]["encoder"])  # 2 frozen updates
+  assert not same(history[2]["encoder"], history[3]["encoder"])  # then it trains
+  # The head trains meanwhile (update 1 has learning rate 0: the end of the smoke recipe's 1-step warm-up).
+  assert not same(history[1]["ctc_head"], history[2]["ctc_head"])
+
+
+def test_labeled_subset_is_fixed_and_sized(dataset):
+  config = finetune_config(dataset).data
+  subset = inputs.train_source(config)
+  assert len(subset) == 5
+  again = inputs.train_source(config)
+  assert subset.metadata()["id"] == again.metadata()["id"] == [subset[i]["id"] for i in range(5)]
+  config.train_fraction = 1.0
+  assert len(inputs.train_source(config)) == 10
+  config.train_fraction = 0.0
+  with pytest.raises(ValueError, match="train_fraction"):
+    inputs.train_source(config)

@@ -1,0 +1,166 @@
+"""The ssl_hubert task on a small written dataset: targets written on first use, frame labels in the batches
+(checkpointable), the loss going down on a fixed batch for both backbones and both losses, the Conformer
+encoder's parameter tree equal to the CTC model's, and evaluation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from speechfuse import parallel, ssl as ssl_lib
+from speechfuse.data import storage
+from speechfuse.train import state as state_lib, tasks
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def recipe(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _records(split: str, count: int, seed: int):
+  """Tones with a few steps of pitch: MFCC clusters that the encoder can learn to predict."""
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    samples = int(rng.integers(12000, 24000))
+    pitch = np.repeat(rng.choice([200.0, 500.0, 1200.0, 2500.0], size=samples // 3200 + 1), 3200)[:samples]
+    wave = np.sin(2 * np.pi * np.cumsum(pitch) / 16000) * 8000 + rng.normal(size=samples) * 300
+    yield {"id": f"{split}-{i}", "audio": wave.astype(np.int16), "sample_rate": 16000, "text": "a b",
+           "speaker": f"{split}-speaker", "duration": samples / 16000}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  counts = {"train": 10, "dev": 3}
+  return storage.write_dataset(tmp_path_factory.mktemp("data"), "tones",
+                               {split: (lambda s=split, n=n: _records(s, n, len(s))) for split, n in counts.items()})
+
+
+def ssl_config(dataset: pathlib.Path, arg: str = "smoke"):
+  config = recipe("ssl_hubert", arg)
+  config.data.corpus = str(dataset)
+  config.data.bucket_boundaries_seconds = (1.0, 1.5)
+  config.data.max_batch_seconds = 6.0
+  config.data.test_splits = ()
+  config.task.num_classes = 8  # a few hundred frames: 100 clusters would be mostly empty
+  config.task.kmeans_fraction = 1.0
+  config.task.targets = config.task.targets.replace("k100", "k8")
+  config.compute_dtype = "float32"
+  return config
+
+
+def _split(variables):
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def test_targets_written_once_and_batches_carry_frame_labels(dataset, tmp_path):
+  config = ssl_config(dataset)
+  task = tasks.get_task(config, tmp_path)
+  info = ssl_lib.targets.labels_info(dataset, config.task.targets)
+  assert info["k"] == 8 and set(info["splits"]) == {"train", "dev"}
+  assert info["target_grid"]["name"] == "fbank_conv2d_x4"
+  iterator = task.make_input("train", seed=0, shard_index=0, shard_count=1)
+  first = next(iterator)
+  state = iterator.get_state()
+  second = next(iterator)
+  frames = ssl_lib.targets.fbank_conv2d_frame_count(first["audio"].shape[1])
+  assert first["frame_labels"].shape == (len(first["mask"]), frames)
+  labels = ssl_lib.open_labels(dataset, config.task.targets, "train")
+  for row in np.flatnonzero(first["mask"] > 0):
+    own = labels[str(first["ids"][row])]
+    np.testing.assert_array_equal(first["frame_labels"][row, :len(own)], own)
+    assert not first["frame_labels"][row, len(own):].any()
+  # The iterator state is the pipeline's: a resumed iterator continues with the next batch, labels included.
+  resumed = task.make_input("train", seed=0, shard_index=0, shard_count=1)
+  resumed.set_state(json.loads(json.dumps(state)))
+  again = next(resumed)
+  np.testing.assert_array_equal(again["frame_labels"], second["frame_labels"])
+  np.testing.assert_array_equal(again["audio"], second["audio"])
+  # The model's frames are the labels' frames.
+  variables = task.init(jax.random.key(0), state_lib.example_batch(first))
+  out = task.model.apply(variables, first["audio"], first["audio_lengths"], jax.random.key(1))
+  assert out.head.shape[1] == frames
+  np.testing.assert_array_equal(np.asarray(out.lengths)[first["mask"] > 0],
+                                [len(labels[str(i)]) for i in first["ids"][first["mask"] > 0]])
+
+
+def test_encoder_tree_equals_the_ctc_models(dataset, tmp_path):
+  config = ssl_config(dataset)
+  task = tasks.get_task(config, tmp_path / "ssl")
+  batch = state_lib.example_batch(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
+  ssl_vars = jax.eval_shape(lambda: task.init(jax.random.key(0), batch))
+  ctc_config = recipe("asr_conformer_ctc", "smoke")
+  ctc_config.data = config.data
+  ctc_task = tasks.get_task(ctc_config, tmp_path / "ctc")
+  ctc_vars = jax.eval_shape(lambda: ctc_task.init(jax.random.key(0), batch))
+  for collection in ("params", "batch_stats"):
+    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree[collection]["encoder"])
+    assert shapes(ssl_vars) == shapes(ctc_vars)
+  assert set(ssl_vars["params"]) == {"encoder", "mask_embedding", "final_proj", "label_embeddings"}
+
+
+@pytest.mark.parametrize("arg", ["smoke", "smoke,loss=ce", "smoke,backbone=wav2vec2"])
+def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, arg):
+  config = ssl_config(dataset, arg)
+  task = tasks.get_task(config, tmp_path)
+  batch = parallel.numeric_only(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
+  params, extra = _split(task.init(jax.random.key(0), state_lib.example_batch(batch)))
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  tx = optax.adam(2e-3)
+
+  @jax.jit
+  def step(params, extra, opt_state, rng):
+    # A fixed mask key (the same corruption every step), so the decrease measures fitting, not mask noise.
+    (loss, (metrics, extra)), grads = jax.value_and_grad(task.loss, has_aux=True)(
+        params, extra, batch, rng, train=True)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), extra, opt_state, loss, metrics
+
+  opt_state = tx.init(params)
+  losses = []
+  for _ in range(8):
+    params, extra, opt_state, loss, metrics = step(params, extra, opt_state, jax.random.key(3))
+    losses.append(float(loss))
+  assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+  assert metrics["masked_frames"] > 0
+  if "wav2vec2" in arg:
+    assert "feature_penalty" in metrics
+
+  summary = task.evaluate(jax.jit(lambda b: jax.device_get(task.eval_step({"params": params, **extra}, b))),
+                          (parallel.numeric_only(b) for b in task.make_input("eval", seed=0, shard_index=0,
+                                                                             shard_count=1)))
+  assert set(summary) == {"loss", "masked_accuracy", "unmasked_accuracy", "masked_frames"}
+  assert 0.0 <= summary["masked_accuracy"] <= 1.0 and summary["masked_frames"] > 0
+
+
+def test_speed_perturbation_is_refused(dataset, tmp_path):
+  config = ssl_config(dataset)
+  config.data.speed_perturb = True
+  with pytest.raises(ValueError, match="speed_perturb"):
+    tasks.get_task(config, tmp_path)
+
+
+def test_iteration_2_targets_from_a_layer_of_the_iteration_1_model(dataset, tmp_path):
+  first = tasks.get_task(ssl_config(dataset), tmp_path)
+  batch = next(first.make_input("train", seed=0, shard_index=0, shard_count=1))
+  variables = first.init(jax.random.key(0), state_lib.example_batch(batch))
+  config = ssl_config(dataset, "smoke,iteration=2")
+  config.task.num_classes = 4
+  config.task.targets = "iter2_k4_fbank_conv2d_x4"
+  with pytest.raises(FileNotFoundError, match="model_targets"):
+    tasks.get_task(config, tmp_path)
+  ssl_lib.targets.model_targets(dataset, config.task.targets, first.layer_features_fn(variables, 1), first.grid,
+                                k=4, splits=("train", "dev"), sample_fraction=1.0, features="smoke_layer2")
+  second = tasks.get_task(config, tmp_path)
+  labels = next(second.make_input("train", seed=0, shard_index=0, shard_count=1))["frame_labels"]
+  assert labels.max() < 4 and len(np.unique(labels)) > 1
