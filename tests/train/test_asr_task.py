@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,42 +10,23 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+import speech_testlib
 
 from speechfuse import parallel, train
-from speechfuse.data import storage
 from speechfuse.eval import results
 from speechfuse.eval.asr import evaluate_asr
 from speechfuse.train import state as state_lib, tasks
 from speechfuse.train.tasks import asr
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-WORDS = ("one", "two", "three", "four", "five", "six")
-
-
-def recipe(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def _records(split: str, count: int, seed: int):
-  rng = np.random.default_rng(seed)
-  for i in range(count):
-    samples = int(rng.integers(8000, 24000))
-    yield {"id": f"{split}-{i}", "audio": (rng.normal(size=samples) * 3000).astype(np.int16), "sample_rate": 16000,
-           "text": " ".join(rng.choice(WORDS, size=2)), "speaker": f"{split}-speaker", "duration": samples / 16000}
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   counts = {"train": 12, "dev": 3, "test_clean": 3}
-  return storage.write_dataset(tmp_path_factory.mktemp("data"), "noise_words",
-                               {split: (lambda s=split, n=n: _records(s, n, len(s))) for split, n in counts.items()})
-
+  return speech_testlib.write_corpus(tmp_path_factory.mktemp("data"), "noise_words", counts,
+                                     speech_testlib.noise_word_records)
 
 def _config(name: str, dataset: pathlib.Path):
-  config = recipe(name, "smoke")
+  config = speech_testlib.recipe(name, "smoke")
   config.data.corpus = str(dataset)
   config.data.test_splits = ("test_clean",)
   config.data.bucket_boundaries_seconds = (1.0, 2.0)
@@ -54,11 +34,9 @@ def _config(name: str, dataset: pathlib.Path):
   config.compute_dtype = "float32"
   return config
 
-
 def _jit_eval(task, variables):
   step = jax.jit(task.eval_step)
   return lambda batch: jax.device_get(step(variables, parallel.numeric_only(batch)))
-
 
 @pytest.fixture(scope="module")
 def ctc_run(dataset, tmp_path_factory):
@@ -69,7 +47,6 @@ def ctc_run(dataset, tmp_path_factory):
   variables = task.init(jax.random.key(0), state_lib.example_batch(batch))
   return config, workdir, task, batch, variables
 
-
 def test_assets_are_saved_and_reloaded(ctc_run):
   config, workdir, task, _, _ = ctc_run
   assert os.path.exists(os.path.join(workdir, asr.CMVN_FILE))
@@ -77,7 +54,6 @@ def test_assets_are_saved_and_reloaded(ctc_run):
   again = tasks.get_task(config, workdir)
   np.testing.assert_array_equal(again.cmvn.sum, task.cmvn.sum)
   assert again.tokenizer.vocab_size == task.tokenizer.vocab_size == 30  # blank, unk, space, apostrophe, a-z
-
 
 def test_ctc_loss_is_the_mean_over_real_utterances(ctc_run):
   _, _, task, batch, variables = ctc_run
@@ -93,7 +69,6 @@ def test_ctc_loss_is_the_mean_over_real_utterances(ctc_run):
   mask = batch["mask"] > 0
   np.testing.assert_allclose(eval_loss, per_utterance[mask].mean(), rtol=1e-5)
 
-
 def test_ctc_evaluate_reports_loss_cer_wer(ctc_run):
   _, _, task, _, variables = ctc_run
   records = task.utterances(_jit_eval(task, variables), task.make_input("eval", seed=0, shard_index=0, shard_count=1))
@@ -103,7 +78,6 @@ def test_ctc_evaluate_reports_loss_cer_wer(ctc_run):
   assert summary["utterances"] == 3 and 0 < summary["confidence"] <= 1
   assert summary["cer"] == sum(r["char_errors"] for r in records) / sum(r["chars"] for r in records)
 
-
 def test_batch_multiple_covers_gradient_accumulation(dataset, tmp_path):
   config = _config("asr_conformer_ctc", dataset)
   config.grad_accum_steps = 2
@@ -112,11 +86,9 @@ def test_batch_multiple_covers_gradient_accumulation(dataset, tmp_path):
   batch = next(task.make_input("train", seed=0, shard_index=0, shard_count=1))
   assert len(batch["mask"]) % 2 == 0
 
-
 def test_asr_task_needs_a_workdir(dataset):
   with pytest.raises(ValueError, match="workdir"):
     tasks.get_task(_config("asr_conformer_ctc", dataset))
-
 
 def test_transducer_task_counter_loss_and_evaluation(dataset, tmp_path):
   config = _config("asr_conformer_transducer", dataset)
@@ -143,17 +115,15 @@ def test_transducer_task_counter_loss_and_evaluation(dataset, tmp_path):
   summary = asr.summarize(records)
   assert set(summary) == {"loss", "wer", "cer", "utterances"} and np.isfinite(summary["loss"])
 
-
 @pytest.fixture(scope="module")
 def builtin_data_dir(tmp_path_factory):
   """Where the built-in corpus is cached: $SPEECHFUSE_DATA if set (built once per machine), else a temporary dir."""
   return os.environ.get("SPEECHFUSE_DATA") or str(tmp_path_factory.mktemp("builtin"))
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["asr_conformer_ctc", "asr_conformer_transducer"])
 def test_smoke_recipe_trains_and_evaluates(name, builtin_data_dir, tmp_path):
-  config = recipe(name, "smoke")
+  config = speech_testlib.recipe(name, "smoke")
   config.data.data_dir = builtin_data_dir
   train.train_and_evaluate(config, tmp_path / "run")
   lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -4,38 +4,21 @@ stays frozen for the first updates, and the labeled subset is fixed."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
+import functools
 
 import jax
 import numpy as np
 import optax
 import pytest
+import speech_testlib
 from absl import logging as absl_logging
 from flax import traverse_util
 
 from speechfuse import optim, parallel, train
-from speechfuse.data import inputs, storage
+from speechfuse.data import inputs
 from speechfuse.train import state as state_lib, tasks
 from speechfuse.train.tasks import asr
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-WORDS = ("one", "two", "three", "four", "five", "six")
-
-
-def recipe(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def _records(split: str, count: int, seed: int):
-  rng = np.random.default_rng(seed)
-  for i in range(count):
-    samples = int(rng.integers(12000, 24000))
-    yield {"id": f"{split}-{i}", "audio": (rng.normal(size=samples) * 3000).astype(np.int16), "sample_rate": 16000,
-           "text": " ".join(rng.choice(WORDS, size=2)), "speaker": f"{split}-speaker", "duration": samples / 16000}
 
 
 def _data(config, dataset):
@@ -50,14 +33,14 @@ def _data(config, dataset):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   counts = {"train": 10, "dev": 3}
-  return storage.write_dataset(tmp_path_factory.mktemp("data"), "noise_words",
-                               {split: (lambda s=split, n=n: _records(s, n, len(s))) for split, n in counts.items()})
+  return speech_testlib.write_corpus(tmp_path_factory.mktemp("data"), "noise_words", counts,
+                                     functools.partial(speech_testlib.noise_word_records, min_samples=12000))
 
 
 @pytest.fixture(scope="module")
 def pretrained(dataset, tmp_path_factory):
   """Variables exported from 2 steps of ssl_hubert (smoke Conformer) through the trainer."""
-  config = _data(recipe("ssl_hubert", "smoke"), dataset)
+  config = _data(speech_testlib.recipe("ssl_hubert", "smoke"), dataset)
   config.task.num_classes = 8
   config.task.kmeans_fraction = 1.0
   config.task.targets = "mfcc_k8_fbank_conv2d_x4"
@@ -68,7 +51,7 @@ def pretrained(dataset, tmp_path_factory):
 
 
 def finetune_config(dataset, init_from=None, **task):
-  config = _data(recipe("finetune_ctc", "smoke"), dataset)
+  config = _data(speech_testlib.recipe("finetune_ctc", "smoke"), dataset)
   config.data.train_fraction = 0.5  # 5 of 10 utterances: enough for a batch
   config.task.init_from = None if init_from is None else str(init_from)
   for key, value in task.items():

@@ -4,7 +4,6 @@ encoder's parameter tree equal to the CTC model's, and evaluation."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
@@ -12,19 +11,10 @@ import jax
 import numpy as np
 import optax
 import pytest
+import speech_testlib
 
 from speechfuse import parallel, ssl as ssl_lib
-from speechfuse.data import storage
 from speechfuse.train import state as state_lib, tasks
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def recipe(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _records(split: str, count: int, seed: int):
@@ -37,16 +27,13 @@ def _records(split: str, count: int, seed: int):
     yield {"id": f"{split}-{i}", "audio": wave.astype(np.int16), "sample_rate": 16000, "text": "a b",
            "speaker": f"{split}-speaker", "duration": samples / 16000}
 
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   counts = {"train": 10, "dev": 3}
-  return storage.write_dataset(tmp_path_factory.mktemp("data"), "tones",
-                               {split: (lambda s=split, n=n: _records(s, n, len(s))) for split, n in counts.items()})
-
+  return speech_testlib.write_corpus(tmp_path_factory.mktemp("data"), "tones", counts, _records)
 
 def ssl_config(dataset: pathlib.Path, arg: str = "smoke"):
-  config = recipe("ssl_hubert", arg)
+  config = speech_testlib.recipe("ssl_hubert", arg)
   config.data.corpus = str(dataset)
   config.data.bucket_boundaries_seconds = (1.0, 1.5)
   config.data.max_batch_seconds = 6.0
@@ -57,10 +44,8 @@ def ssl_config(dataset: pathlib.Path, arg: str = "smoke"):
   config.compute_dtype = "float32"
   return config
 
-
 def _split(variables):
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
 
 def test_targets_written_once_and_batches_carry_frame_labels(dataset, tmp_path):
   config = ssl_config(dataset)
@@ -92,13 +77,12 @@ def test_targets_written_once_and_batches_carry_frame_labels(dataset, tmp_path):
   np.testing.assert_array_equal(np.asarray(out.lengths)[first["mask"] > 0],
                                 [len(labels[str(i)]) for i in first["ids"][first["mask"] > 0]])
 
-
 def test_encoder_tree_equals_the_ctc_models(dataset, tmp_path):
   config = ssl_config(dataset)
   task = tasks.get_task(config, tmp_path / "ssl")
   batch = state_lib.example_batch(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
   ssl_vars = jax.eval_shape(lambda: task.init(jax.random.key(0), batch))
-  ctc_config = recipe("asr_conformer_ctc", "smoke")
+  ctc_config = speech_testlib.recipe("asr_conformer_ctc", "smoke")
   ctc_config.data = config.data
   ctc_task = tasks.get_task(ctc_config, tmp_path / "ctc")
   ctc_vars = jax.eval_shape(lambda: ctc_task.init(jax.random.key(0), batch))
@@ -106,7 +90,6 @@ def test_encoder_tree_equals_the_ctc_models(dataset, tmp_path):
     shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree[collection]["encoder"])
     assert shapes(ssl_vars) == shapes(ctc_vars)
   assert set(ssl_vars["params"]) == {"encoder", "mask_embedding", "final_proj", "label_embeddings"}
-
 
 @pytest.mark.parametrize("arg", ["smoke", "smoke,loss=ce", "smoke,backbone=wav2vec2"])
 def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, arg):
@@ -142,13 +125,11 @@ def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, arg):
   assert set(summary) == {"loss", "masked_accuracy", "unmasked_accuracy", "masked_frames"}
   assert 0.0 <= summary["masked_accuracy"] <= 1.0 and summary["masked_frames"] > 0
 
-
 def test_speed_perturbation_is_refused(dataset, tmp_path):
   config = ssl_config(dataset)
   config.data.speed_perturb = True
   with pytest.raises(ValueError, match="speed_perturb"):
     tasks.get_task(config, tmp_path)
-
 
 def test_iteration_2_targets_from_a_layer_of_the_iteration_1_model(dataset, tmp_path):
   first = tasks.get_task(ssl_config(dataset), tmp_path)
