@@ -37,9 +37,9 @@ ended by block_until_ready for JAX; the table gives the median.
 of benchmarks/rnnt_memory.py, called from there.
 
 The batch: --batch utterances of at most --seconds of 16 kHz audio (a synthetic voiced signal; the speed of
-neither model depends on content), lengths drawn in [80%, 100%] of that, labels of up to 15 characters per
-second (tiny: character vocabulary) or 5 pieces per second (base: the recipe's 500 unigram pieces), lengths
-drawn in [80%, 100%] of that, ids drawn uniformly. Machine load (1-minute load average) is printed before and
+neither model depends on content), lengths drawn in [80%, 100%] of that, labels of up to 15 tokens per second
+with a character tokenizer or 5 with a subword one (in the recipe's vocabulary), lengths drawn in [80%, 100%]
+of that, ids drawn uniformly. Machine load (1-minute load average) is printed before and
 after each timing; other processes on the machine slow both sides alike only if the load stays even.
 """
 
