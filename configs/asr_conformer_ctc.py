@@ -35,15 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.compute_dtype = config_lib.by_size(size, tiny="float32", base="bfloat16", large="bfloat16")
   config.max_grad_norm = 5.0  # ESPnet / WeNet clip at 5 for Conformer-CTC
 
-  config.data = inputs.default_config()
   # Built-in synthetic corpus by default; a speechfuse-prepare dataset path for real runs.
-  config.data.builtin_size = config_lib.by_size(size, smoke="tiny", tiny="small", base="medium", large="large")
-  # Short buckets: the built-in corpus has 0.5-10 s utterances (median ~3 s); padding is at most one bucket step.
-  config.data.bucket_boundaries_seconds = config_lib.by_size(
-      size, tiny=(2.0, 3.0, 4.0, 6.0, 8.0, 11.0), base=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0),
-      large=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0))
-  # Padded audio per batch: CPU steps stay short (many updates in the tiny budget); accelerators take more.
-  config.data.max_batch_seconds = config_lib.by_size(size, smoke=40.0, tiny=80.0, base=600.0, large=600.0)
+  config.data = inputs.sized_config(size)
   config.data.max_tokens_per_second = 30.0  # characters: the built-in corpus reaches 28 per second
   config.data.speed_perturb = config_lib.by_size(size, tiny=False, base=True, large=True)  # 3x data (Ko et al.)
 

@@ -43,12 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.compute_dtype = config_lib.by_size(size, tiny="float32", base="bfloat16", large="bfloat16")
   config.max_grad_norm = 10.0  # fairseq HuBERT's clip_norm
 
-  config.data = inputs.default_config()
-  config.data.builtin_size = config_lib.by_size(size, smoke="tiny", tiny="small", base="medium", large="large")
-  config.data.bucket_boundaries_seconds = config_lib.by_size(
-      size, tiny=(2.0, 3.0, 4.0, 6.0, 8.0, 11.0), base=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0),
-      large=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0))
-  config.data.max_batch_seconds = config_lib.by_size(size, smoke=40.0, tiny=80.0, base=600.0, large=600.0)
+  config.data = inputs.sized_config(size)
   config.data.speed_perturb = False  # labels are tied to the unperturbed frames
 
   config.model = ssl.default_config(arg.backbone, size)

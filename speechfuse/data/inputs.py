@@ -12,6 +12,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from speechfuse import config as config_lib
 from speechfuse.audio import features, normalize
 from speechfuse.data import pipeline, storage, synth
 
@@ -30,6 +31,22 @@ def default_config() -> ml_collections.ConfigDict:
   config.train_subset_seed = 0
   config.eval_split = "dev"  # evaluated every eval_every_steps
   config.test_splits = ("test_clean", "test_other")  # evaluated at the end of a run
+  return config
+
+
+def sized_config(size: str) -> ml_collections.ConfigDict:
+  """`default_config()` with the corpus and batching a recipe of `size` uses by default.
+
+  smoke / tiny train on the built-in tiny / small corpus (0.5-10 s utterances, median ~3 s: short buckets keep
+  padding to one bucket step) with small CPU batches; base / large on the medium / large corpus, or real data
+  of up to 35 s, with accelerator-sized batches.
+  """
+  config = default_config()
+  config.builtin_size = config_lib.by_size(size, smoke="tiny", tiny="small", base="medium", large="large")
+  config.bucket_boundaries_seconds = config_lib.by_size(
+      size, tiny=(2.0, 3.0, 4.0, 6.0, 8.0, 11.0), base=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0),
+      large=(3.0, 5.0, 7.0, 10.0, 14.0, 20.0, 35.0))
+  config.max_batch_seconds = config_lib.by_size(size, smoke=40.0, tiny=80.0, base=600.0, large=600.0)
   return config
 
 

@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def central_differences(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+  """Numerical gradient of the scalar function `f` at `x`, element by element."""
+  numeric = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    numeric[index] = (f(x + step) - f(x - step)) / (2 * eps)
+  return numeric
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float64)
   m = x.max(axis=-1, keepdims=True)
