@@ -4,8 +4,9 @@
   python launch/main.py --config=configs/ssl_hubert.py:tiny,backbone=wav2vec2,loss=ce --workdir=runs/ssl_w2v_ce
 
 Args: size (smoke, tiny, base, large), backbone=conformer|wav2vec2, loss=hubert|ce, iteration=1|2.
-  conformer: the encoder of configs/asr_conformer_ctc.py at the same size (same class, same parameter names),
-             so configs/finetune_ctc.py loads it; targets on its 25 Hz conv2d x4 frames.
+  conformer: the encoder of configs/asr_conformer_ctc.py at the same size (same config: same class, subsampling
+             and parameter names), so configs/finetune_ctc.py loads it; targets on its frames (tiny: conv1d x2,
+             50 Hz; the other sizes conv2d x4, 25 Hz).
   wav2vec2:  HuBERT's waveform encoder (nn.wav2vec2; base = HuBERT base), targets at 50 Hz.
   iteration 1: MFCC-39 k-means, 100 clusters, written into the dataset on first use.
   iteration 2: 500 clusters of an iteration-1 model's layer, written beforehand under the name
@@ -17,6 +18,9 @@ Then fine-tune: export the params (launch/main.py --mode=export) and run configs
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from speechfuse import config as config_lib
@@ -24,6 +28,15 @@ from speechfuse import train
 from speechfuse.data import inputs
 from speechfuse.models import ssl
 from speechfuse.train.tasks import ssl as ssl_task
+
+
+def _ctc_encoder(size: str) -> ml_collections.ConfigDict:
+  """configs/asr_conformer_ctc.py's encoder config at `size` (configs/ is not a package: loaded from its file)."""
+  spec = importlib.util.spec_from_file_location("asr_conformer_ctc",
+                                                pathlib.Path(__file__).with_name("asr_conformer_ctc.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(size).model.encoder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,17 +61,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ssl.default_config(arg.backbone, size)
   if arg.backbone == "conformer":
-    config.model.encoder.dropout_rate = 0.1  # as configs/asr_conformer_ctc.py
+    config.model.encoder = _ctc_encoder(size)
+    config.model.encoder.dynamic_chunk_training = False  # HuBERT pre-trains with full context; fine-tuning chunks
 
   config.task = ssl_task.default_config()
   config.task.loss = arg.loss
   config.task.iteration = arg.iteration
   config.task.num_classes = 100 if arg.iteration == 1 else 500  # HuBERT's
-  grid = "fbank_conv2d_x4" if arg.backbone == "conformer" else "wav2vec2_cnn"
+  encoder = config.model.encoder
+  grid = f"fbank_{encoder.subsampling}_x{encoder.subsampling_factor}" if arg.backbone == "conformer" else "wav2vec2_cnn"
   config.task.targets = f"mfcc_k100_{grid}" if arg.iteration == 1 else f"iter2_k500_{grid}"
   config.model.mask.mask_prob = 0.8 if arg.loss == "hubert" else 0.65  # HuBERT vs icefall / k2SSL
-  # The Conformer's 25 Hz frames are half as many as HuBERT's 50 Hz: spans of 5 cover the same 200 ms.
-  config.model.mask.mask_length = 5 if arg.backbone == "conformer" else 10
+  # Spans of 200 ms as HuBERT's 10 frames at 50 Hz: 5 frames at conv2d x4's 25 Hz, 10 at conv1d x2's 50 Hz.
+  config.model.mask.mask_length = 20 // encoder.subsampling_factor if arg.backbone == "conformer" else 10
 
   config.optimizer.learning_rate = config_lib.by_size(size, tiny=2e-3, base=5e-4, large=5e-4)
   config.optimizer.warmup_steps = config_lib.by_size(size, smoke=1, tiny=200, base=32_000, large=32_000)

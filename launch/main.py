@@ -3,6 +3,8 @@ r"""speechfuse launcher, intentionally thin: all logic lives in `speechfuse.run`
   python launch/main.py --config=configs/<recipe>.py:<arg> --workdir=runs/<name> [--mode=train] \
       [--config.a.b=value ...]
 
+Modes (speechfuse.run): train, eval, export, fuse (needs a config.fusion section: speechfuse.fusion.default_config).
+
 `<arg>` is parsed by `speechfuse.config.parse_arg` ("tiny", "base,seed=3", ...). The config is locked, so an
 override of a key that does not exist fails at start with a message naming the key.
 """
@@ -19,7 +21,10 @@ from speechfuse import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file: configs/<recipe>.py:<arg>.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-_MODE = flags.DEFINE_enum("mode", "train", sorted(run.MODES), "What to do with the config.")
+_MODE = flags.DEFINE_enum("mode", "train", sorted(run.MODES),
+                          "What to do with the config: train, eval (decode the test splits), export (the averaged "
+                          "variables to <workdir>/export/params), fuse (config.fusion's two exported CTC models "
+                          "into <workdir>/fused/params).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -1,24 +1,51 @@
-r"""The README's main job: train the tiny recipe on the built-in corpus and print its results table.
+r"""The README's main job: the OTF comparison (configs/otf.py) on the built-in corpus, ending with its results table.
 
-  python launch/quickstart.py --size=tiny --workdir=runs/quickstart
+  python launch/quickstart.py --size=tiny --workdir=runs/quickstart [--config.steps.sl=600 ...]
+
+All logic lives in speechfuse/quickstart.py. `--config` defaults to configs/otf.py at `--size`; its fields take
+`--config.a.b=value` overrides as launch/main.py's do. A rerun with the same workdir skips the finished stages.
 """
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from speechfuse import config, quickstart
 
-_SIZE = flags.DEFINE_enum("size", "tiny", list(config.SIZES), "Recipe size; smoke runs the same path in minutes.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Run directory (resumed if it has checkpoints).")
+_SIZE = flags.DEFINE_enum("size", "tiny", list(config.SIZES), "Pipeline size; smoke runs the same path in minutes.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Job directory (resumed if it holds finished stages).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config (default: configs/otf.py:<size>).",
+                                          lock_config=True)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with --config defaulting to configs/otf.py at --size (so that overrides apply to it)."""
+  args = argv[1:]
+  if any(arg == "--config" or arg.startswith("--config=") for arg in args):
+    if any(arg.startswith("--size") for arg in args):
+      sys.exit("FATAL flags error: give --size or --config, not both")
+  else:
+    size = next((arg.split("=", 1)[1] for arg in reversed(args) if arg.startswith("--size=")), _SIZE.default)
+    if size not in config.SIZES:
+      sys.exit(f"FATAL flags error: --size={size} is not one of {', '.join(config.SIZES)}")
+    args = [f"--config={quickstart.OTF_CONFIG}:{size}", *args]
+  try:
+    return flags.FLAGS([argv[0], *args])
+  except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict for an unknown override
+    sys.exit(f"FATAL config error: unknown config key {e}; configs/otf.py's get_config() lists the keys")
+  except (flags.Error, ValueError) as e:
+    sys.exit(f"FATAL flags error: {e}")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  quickstart.run_quickstart(_SIZE.value, _WORKDIR.value)
+  quickstart.run_otf(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -6,6 +6,8 @@
           results table (speechfuse.eval.asr); other tasks report their eval-split metrics
   export  write <workdir>/export/params: the variables of the last config.export.average_last checkpoints,
           averaged (1: the latest alone), without optimizer state
+  fuse    fuse the two exported CTC models named by config.fusion (sl onto ssl: OTF or direct averaging) into
+          <workdir>/fused/params with a report (speechfuse.fusion.fuse)
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from speechfuse import train
+from speechfuse import fusion, train
 from speechfuse.eval import asr as asr_eval
 
 
+def export_path(workdir: str | os.PathLike) -> str:
+  """Where export mode writes the variables of the run in `workdir`."""
+  return os.path.join(os.fspath(workdir), "export", "params")
+
+
 def _export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
-  out = os.path.join(os.fspath(workdir), "export", "params")
+  out = export_path(workdir)
   if config.export.average_last == 1:
     path = train.export_params(workdir, out)
   else:
@@ -46,6 +53,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str | os.PathLike], Any]] 
     "train": train.train_and_evaluate,
     "eval": _evaluate,
     "export": _export,
+    "fuse": fusion.fuse,
 }
 
 

@@ -2,10 +2,16 @@
 
   speechfuse-prepare librispeech DIR --out ROOT [--name librispeech] [--splits dev-clean,test-clean]
   speechfuse-prepare manifest train.jsonl dev.tsv:valid ... --name NAME --out ROOT [--fields translation]
+  speechfuse-prepare lm --dataset {builtin,PATH} --split train --order 3 --out lm.arpa [--tokenizer RUN/tokenizer]
 
 A manifest's split is the part after its last ':', or else its file name without suffix. Prints a
 table of splits (examples, hours, speakers, skipped records) and where the report of skipped
 records is.
+
+`lm` estimates a word n-gram LM (speechfuse.text.ngram: interpolated modified Kneser-Ney, ARPA) from the
+transcripts of one split, read from the dataset's index (no audio is decoded) and normalised as the tokenizer
+normalises labels: a run's tokenizer directory (--tokenizer), or else the recipes' default normaliser. The file
+is what config.task.lm_path reads for decoding="beam_lm". It prints the n-gram counts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from speechfuse.data import manifest, storage
+from speechfuse.data import inputs, manifest, storage
+from speechfuse.text import TextNormalizer, load_tokenizer, ngram
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
   try:
+    if args.command == "lm":
+      print(_prepare_lm(args))
+      return 0
     if args.command == "librispeech":
       path = _prepare_librispeech(args)
     else:
@@ -76,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--no-skip-bad", dest="skip_bad", action="store_false",
                          help="stop at the first bad record instead of skipping and reporting it")
     command.add_argument("--workers", type=int, default=0, help="audio decoding processes")
+  data = inputs.default_config()
+  lm = commands.add_parser("lm", help="a word n-gram LM (ARPA) of one split's transcripts")
+  lm.add_argument("--dataset", default=data.corpus,
+                  help="'builtin' (the built-in corpus) or the path of a dataset written by speechfuse-prepare")
+  lm.add_argument("--data-dir", default=data.data_dir, help="where the built-in corpus is cached (built if missing)")
+  lm.add_argument("--builtin-size", default=data.builtin_size, help="built-in corpus size (tiny, small, ...)")
+  lm.add_argument("--split", default=data.train_split, help="whose transcripts (default: train)")
+  lm.add_argument("--order", type=int, default=3, help="the largest n (default: 3)")
+  lm.add_argument("--tokenizer", type=pathlib.Path,
+                  help="a run's tokenizer directory, whose text normaliser to apply (default: the recipes' default)")
+  lm.add_argument("--out", required=True, type=pathlib.Path, help="the ARPA file to write")
   return parser
 
 
@@ -107,6 +128,18 @@ def _prepare_manifests(args: argparse.Namespace) -> pathlib.Path:
   else:
     optional_fields = tuple(args.fields)
   return _write(args, entries, optional_fields, args.video_channels)
+
+
+def _prepare_lm(args: argparse.Namespace) -> str:
+  """Writes the LM of args.split's transcripts to args.out; returns a one-line summary."""
+  data = inputs.default_config()
+  data.corpus, data.data_dir, data.builtin_size = args.dataset, str(args.data_dir), args.builtin_size
+  texts = inputs.open_split(data, args.split).metadata()["text"]
+  normalizer = load_tokenizer(args.tokenizer).normalizer if args.tokenizer else TextNormalizer()
+  tables = ngram.estimate([normalizer(text) for text in texts], args.order)
+  path = ngram.write_arpa(tables, args.out)
+  counts = ", ".join(f"{n}-grams {len(table)}" for n, table in enumerate(tables, 1))
+  return f"{path}: {args.order}-gram LM of {len(texts)} transcripts of {args.split} ({counts})"
 
 
 def _split_of(spec: str) -> tuple[pathlib.Path, str]:

@@ -25,8 +25,9 @@ import os
 import re
 from collections.abc import Sequence
 
+from speechfuse.text.ngram import BOS, EOS, UNK  # where the estimator (train_arpa) writes them
+
 LN10 = math.log(10.0)
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 _COUNT = re.compile(r"^ngram\s+(\d+)\s*=\s*(\d+)$")
 _SECTION = re.compile(r"^\\(\d+)-grams:$")

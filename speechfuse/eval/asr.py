@@ -3,9 +3,12 @@
     table = evaluate_asr(config, workdir)                      # latest checkpoint in workdir, config.data.test_splits
     table = evaluate_asr(config, workdir, splits=["dev"], checkpoint="exported/params")
 
-Writes <workdir>/results/{<split>.<mode>.jsonl, results.json, results.md} (speechfuse.eval.results). Offline
+Writes <workdir>/results/{<split>.<mode>.jsonl, results.json, results.md} (speechfuse.eval.results), or
+<workdir>/results/<decoding>/... when config.task.decoding is not "greedy"; the table records the decoding. Offline
 decodes with full context; online restricts attention to chunks of config.task.online_chunk_size encoder frames
 with config.task.online_left_chunks of left context (the chunk mode that dynamic chunk training prepares for).
+Both modes decode with config.task.decoding (see speechfuse.train.tasks.asr): the task's `decode_step` runs jitted,
+and for "beam_lm" stops at the log-probabilities, which `task.utterances` searches with the LM on the host.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from speechfuse.eval import results
 from speechfuse.train import checkpoint as checkpoint_lib, loop
 from speechfuse.train.tasks import asr
 
-RESULTS_DIR = "results"
-
 
 def evaluate_asr(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, splits: Sequence[str] | None = None,
                  checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -33,14 +34,15 @@ def evaluate_asr(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
 
   Args:
     config: the run's config (an "asr_ctc" or "asr_transducer" task).
-    workdir: the run directory: tokenizer, CMVN statistics, checkpoints; results go to <workdir>/results.
+    workdir: the run directory: tokenizer, CMVN statistics, checkpoints; results go to
+      results.results_dir(workdir, config.task.decoding).
     splits: corpus split names.
     checkpoint: variables written by train.export_params / average_checkpoints; None for the latest train
       checkpoint in workdir.
 
   Returns:
-    The results table (speechfuse.eval.results): {"step", "checkpoint", "online_chunk_size", "splits": {split:
-    {"offline": {"wer", "cer", "loss", "confidence", "utterances"}, "online": {...}}}}.
+    The results table (speechfuse.eval.results): {"step", "checkpoint", "online_chunk_size", "decoding",
+    "splits": {split: {"offline": {"wer", "cer", "loss", "confidence", "utterances"}, "online": {...}}}}.
 
   Raises:
     FileNotFoundError: no checkpoint in workdir and none given.
@@ -62,8 +64,9 @@ def evaluate_asr(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
     source = f"{checkpoint_lib.checkpoint_dir(workdir)}/{step}"
   task = run.task
   modes = {"offline": None, "online": config.task.online_chunk_size}
-  out_dir = os.path.join(os.fspath(workdir), RESULTS_DIR)
-  table = {"step": step, "checkpoint": source, "online_chunk_size": config.task.online_chunk_size, "splits": {}}
+  out_dir = results.results_dir(workdir, config.task.decoding)
+  table = {"step": step, "checkpoint": source, "online_chunk_size": config.task.online_chunk_size,
+           "decoding": asr.decoding_settings(config), "splits": {}}
   with parallel.sharding_context(run.mesh, run.rules):
     for split in splits or tuple(config.data.test_splits):
       table["splits"][split] = {}
@@ -75,12 +78,12 @@ def evaluate_asr(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
           return jax.device_get(decode(variables, run.global_batch(host_batch)))
 
         records = task.utterances(eval_step, task.split_input(split, **run.shard()))
-        table["splits"][split][mode] = asr.summarize(records)
+        table["splits"][split][mode] = results.summarize(records)
         name = f"{split}.{mode}.jsonl" if jax.process_count() == 1 else f"{split}.{mode}.{jax.process_index()}.jsonl"
         results.write_jsonl(records, os.path.join(out_dir, name))
         figures = table["splits"][split][mode]
-        logging.info("%s %s: WER %.2f%% CER %.2f%% (%d utterances)", split, mode, 100 * figures["wer"],
-                     100 * figures["cer"], figures["utterances"])
+        logging.info("%s %s (%s): WER %.2f%% CER %.2f%% (%d utterances)", split, mode, config.task.decoding,
+                     100 * figures["wer"], 100 * figures["cer"], figures["utterances"])
   if jax.process_index() == 0:
     results.write_table(table, out_dir)
   return table

@@ -1,12 +1,16 @@
-"""Result files: per-utterance JSONL (what the fusion baselines read) and the recipe's results table.
+"""Result files: per-utterance JSONL (what the fusion baselines read), their summary, and the recipe's results table.
 
 Per-utterance line: {"id", "reference", "hypothesis", "word_errors", "words", "char_errors", "chars",
 "confidence", "loss"}; errors are S + D + I against the reference, `words` / `chars` the reference length
 (speechfuse.eval.metrics), confidence as speechfuse.eval.confidence defines it.
 
 Table (JSON): {"step", "checkpoint", "online_chunk_size", "splits": {split: {mode: {"wer", "cer", "loss",
-"confidence", "utterances"}}}} with modes "offline" (full context) and "online" (chunked attention); the
-Markdown rendering has one row per split and WER / CER columns per mode, in percent.
+"confidence", "utterances"}}}} with modes "offline" (full context) and "online" (chunked attention); step is
+None for results not read off one checkpoint (the fusion baselines combining two runs, speechfuse.fusion.baselines).
+A table may also say how it was decoded: "decoding": {"method", ...} (speechfuse.train.tasks.asr.decoding_settings),
+rendered as a line under the title. Results of greedy decoding live in <workdir>/results/ (what the fusion baselines
+read); the other decodings of the same run in <workdir>/results/<method>/ (`results_dir`), so they never overwrite
+them. The Markdown rendering has one row per split and WER / CER columns per mode, in percent.
 """
 
 from __future__ import annotations
@@ -16,8 +20,21 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
+import numpy as np
+
+from speechfuse.eval import metrics
+from speechfuse.losses import ctc as ctc_lib
+
+RESULTS_DIR = "results"  # a run's result files: <workdir>/results/
 RECORD_KEYS = ("id", "reference", "hypothesis", "word_errors", "words", "char_errors", "chars", "confidence", "loss")
 MODES = ("offline", "online")
+
+
+def results_dir(workdir: str | os.PathLike, decoding: str = "greedy") -> str:
+  """Where a run's results of `decoding` go: <workdir>/results for greedy, <workdir>/results/<decoding> otherwise."""
+  root = os.path.join(os.fspath(workdir), RESULTS_DIR)
+  return root if decoding == "greedy" else os.path.join(root, decoding)
 
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> str:
@@ -37,11 +54,43 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
+  """Loss (mean per utterance over feasible ones), CER, WER (corpus level) and mean confidence (where the
+  records have one) of `records` (dicts with at least "reference", "hypothesis", "loss", "confidence").
+
+  Fills each record's errors: word_errors, words, char_errors, chars. With several processes the sums are
+  added over all of them.
+  """
+  references = [r["reference"] for r in records]
+  hypotheses = [r["hypothesis"] for r in records]
+  words, chars = metrics.word_errors(references, hypotheses), metrics.char_errors(references, hypotheses)
+  for i, record in enumerate(records):
+    record.update(word_errors=words.errors[i], words=words.lengths[i], char_errors=chars.errors[i],
+                  chars=chars.lengths[i])
+  losses = [r["loss"] for r in records if r["loss"] < ctc_lib.INFEASIBLE_LOSS]
+  confidences = [r["confidence"] for r in records if r["confidence"] is not None]
+  sums = np.array([words.total_errors, words.total_length, chars.total_errors, chars.total_length,
+                   sum(losses), len(losses), sum(confidences), len(confidences), len(records)], np.float64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-host only
+    sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
+  summary = {"loss": sums[4] / max(sums[5], 1), "wer": sums[0] / max(sums[1], 1), "cer": sums[2] / max(sums[3], 1),
+             "utterances": float(sums[8])}
+  if sums[7]:
+    summary["confidence"] = sums[6] / sums[7]
+  return summary
+
+
 def markdown_table(table: Mapping[str, Any]) -> str:
   """The results table as Markdown: split | WER / CER offline | WER / CER online, in percent."""
   chunk = table.get("online_chunk_size")
-  lines = [f"Results at step {table['step']} ({table['checkpoint']}); online = chunks of {chunk} encoder frames.",
-           "",
+  source = table["checkpoint"] if table["step"] is None else f"step {table['step']} ({table['checkpoint']})"
+  lines = [f"Results of {source}; online = chunks of {chunk} encoder frames."]
+  if "decoding" in table:
+    settings = dict(table["decoding"])
+    details = ", ".join(f"{key} {value}" for key, value in settings.items() if key != "method")
+    lines.append(f"Decoding: {settings['method']}" + (f" ({details})." if details else "."))
+  lines += ["",
            "| split | WER offline | CER offline | WER online | CER online | utterances |",
            "|---|---|---|---|---|---|"]
   for split, modes in table["splits"].items():

@@ -12,11 +12,12 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from speechfuse.models import ctc, frame_classifier, ssl, transducer
+from speechfuse.models import ctc, ensemble, frame_classifier, ssl, transducer
 
 # name -> builder(model_config, dtype, **context) -> flax module. A model module adds itself here.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "ctc": ctc.from_config,
+    "ctc_ensemble": ensemble.from_config,
     "frame_classifier": frame_classifier.from_config,
     "ssl": ssl.from_config,
     "transducer": transducer.from_config,

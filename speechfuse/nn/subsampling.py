@@ -28,12 +28,13 @@ def conv_output_length(length: jax.Array | int, kernel: int, stride: int) -> jax
 
 def subsampled_length(length: jax.Array | int, kind: str = "conv2d", factor: int = 4) -> jax.Array | int:
   """Frames after the subsampling front end `kind` with `factor` (conv2d x4: ((length - 1) // 2 - 1) // 2)."""
-  for kernel, stride in _conv_layers(kind, factor):
+  for kernel, stride in conv_layers(kind, factor):
     length = conv_output_length(length, kernel, stride)
   return length
 
 
-def _conv_layers(kind: str, factor: int) -> tuple[tuple[int, int], ...]:
+def conv_layers(kind: str, factor: int) -> tuple[tuple[int, int], ...]:
+  """(kernel, stride) of each time-axis conv layer of subsampling `kind` with `factor`."""
   table = {"conv2d": CONV2D_LAYERS, "conv1d": CONV1D_LAYERS}
   if kind not in table:
     raise ValueError(f"unknown subsampling {kind!r}; choose from {KINDS}")
@@ -66,7 +67,7 @@ class Conv2dSubsampling(nn.Module):
     """features: [batch, time, mel], lengths: [batch] -> (x [batch, time', d_model], lengths' [batch])."""
     channels = self.channels or self.d_model
     x = features[..., None]
-    for i, (kernel, stride) in enumerate(_conv_layers("conv2d", self.factor)):
+    for i, (kernel, stride) in enumerate(conv_layers("conv2d", self.factor)):
       x = nn.Conv(
           channels, (kernel, kernel), strides=(stride, stride), padding="VALID", dtype=self.dtype,
           param_dtype=self.param_dtype,
@@ -105,7 +106,7 @@ class Conv1dSubsampling(nn.Module):
   def __call__(self, features: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     """features: [batch, time, mel], lengths: [batch] -> (x [batch, time', d_model], lengths' [batch])."""
     x = features
-    for i, (kernel, stride) in enumerate(_conv_layers("conv1d", self.factor)):
+    for i, (kernel, stride) in enumerate(conv_layers("conv1d", self.factor)):
       x = nn.Conv(
           self.channels or self.d_model, (kernel,), strides=(stride,), padding="VALID", dtype=self.dtype,
           param_dtype=self.param_dtype, kernel_init=layers.kernel_init((None, None, "conv_channels"), input_axes=2),
@@ -126,6 +127,6 @@ def make_subsampling(
     param_dtype: layers.Dtype, name: str = "subsampling",
 ) -> nn.Module:
   """The subsampling module `kind` ("conv2d" or "conv1d"); an unknown kind or factor raises a ValueError."""
-  _conv_layers(kind, factor)
+  conv_layers(kind, factor)
   module = Conv2dSubsampling if kind == "conv2d" else Conv1dSubsampling
   return module(d_model, factor, channels, dtype=dtype, param_dtype=param_dtype, name=name)

@@ -1,10 +1,12 @@
-"""Freezing part of the parameters for the first updates (encoder freezing at the start of fine-tuning)."""
+"""Freezing part of the parameters: for the first updates (encoder freezing at the start of fine-tuning), or for
+the whole run (the frozen members of an encoder ensemble)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -37,5 +39,31 @@ def freeze_for_steps(tx: optax.GradientTransformation, steps: int,
     updates = jax.tree_util.tree_map_with_path(
         lambda path, u: jnp.where(active, jnp.zeros_like(u), u) if frozen(path) else u, updates)
     return updates, FreezeState(inner, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def freeze(tx: optax.GradientTransformation, frozen: PathPredicate) -> optax.GradientTransformation:
+  """`tx` on the other parameters; the `frozen` ones get zero updates for good, and no optimizer state.
+
+  `tx` sees each frozen leaf as a scalar zero, so its state keeps the parameters' tree structure with one number
+  per frozen leaf and moment (optax.multi_transform would leave optax.MaskedNode subtrees there, which the
+  trainer's logical sharding of the state does not map; orbax refuses to save empty arrays), and global-norm
+  clipping and weight decay do not see them.
+  """
+
+  def hide(tree):
+    # Boxed (nn.Partitioned) parameters at init become plain scalars, with no logical axes to shard.
+    return jax.tree_util.tree_map_with_path(lambda path, x: jnp.zeros((), jnp.float32) if frozen(path) else x,
+                                            tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  def init(params):
+    return tx.init(hide(params))
+
+  def update(updates, state, params=None):
+    inner, state = tx.update(hide(updates), state, None if params is None else hide(params))
+    updates = jax.tree_util.tree_map_with_path(lambda path, u, g: jnp.zeros_like(g) if frozen(path) else u,
+                                               inner, updates)
+    return updates, state
 
   return optax.GradientTransformation(init, update)

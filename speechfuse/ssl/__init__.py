@@ -6,4 +6,4 @@
 
 from speechfuse.ssl import kmeans, quality, targets
 from speechfuse.ssl.kmeans import KMeansModel
-from speechfuse.ssl.targets import FrameGrid, Labels, fbank_conv2d_grid, mfcc_grid, open_labels, wav2vec2_grid
+from speechfuse.ssl.targets import FrameGrid, Labels, fbank_grid, mfcc_grid, open_labels, wav2vec2_grid

@@ -13,8 +13,10 @@ its centre contains it (and whose window covers it). Standard grids at 16 kHz:
 
   mfcc_grid()          Kaldi 25 ms / 10 ms frames: [160 f, 160 f + 400) -> 100 Hz, centres 160 f + 200
   wav2vec2_grid()      wav2vec 2.0 / HuBERT CNN: T = floor((N - 400) / 320) + 1 -> 50 Hz, centres 320 t + 200
-  fbank_conv2d_grid()  Conformer conv2d x4 over 100 Hz fbank: T = ((F - 1) // 2 - 1) // 2 -> 25 Hz,
+  fbank_grid()         Conformer conv2d x4 over 100 Hz fbank: T = ((F - 1) // 2 - 1) // 2 -> 25 Hz,
                        output t sees fbank frames 4t..4t+6, centred on 4t + 3: samples 640 t + 680
+  fbank_grid(kind="conv1d", factor=2)   one kernel-3 stride-2 conv: T = (F - 3) // 2 + 1 -> 50 Hz, centred on
+                       fbank frame 2t + 1: samples 320 t + 360
 
 so MFCC frame 2t labels wav2vec2 frame t, and MFCC frame 4t + 3 labels Conformer frame t.
 
@@ -99,9 +101,9 @@ def wav2vec2_frame_count(num_samples: int) -> int:
   return (num_samples - 400) // 320 + 1 if num_samples >= 400 else 0
 
 
-def fbank_conv2d_frame_count(num_samples: int, sample_rate: int = 16000, factor: int = 4) -> int:
-  """Frames of a conv2d-subsampled fbank encoder: x4 gives ((F - 1) // 2 - 1) // 2 of F fbank frames."""
-  return int(subsampling.subsampled_length(mfcc_frame_count(num_samples, sample_rate), "conv2d", factor))
+def fbank_frame_count(num_samples: int, sample_rate: int = 16000, kind: str = "conv2d", factor: int = 4) -> int:
+  """Frames of an fbank encoder subsampled by `kind` x `factor` (conv2d x4: ((F - 1) // 2 - 1) // 2 of F fbank frames)."""
+  return int(subsampling.subsampled_length(mfcc_frame_count(num_samples, sample_rate), kind, factor))
 
 
 def mfcc_grid(sample_rate: int = 16000) -> FrameGrid:
@@ -116,19 +118,18 @@ def wav2vec2_grid(sample_rate: int = 16000) -> FrameGrid:
   return FrameGrid("wav2vec2_cnn", sample_rate, 320, 200.0, wav2vec2_frame_count)
 
 
-def fbank_conv2d_grid(sample_rate: int = 16000, factor: int = 4) -> FrameGrid:
-  """A Conformer's conv2d subsampling (`speechfuse.nn.subsampling`, by `factor`) over 100 Hz fbank frames."""
-  if factor not in subsampling.CONV2D_LAYERS:
-    raise ValueError(f"conv2d subsampling supports factors {sorted(subsampling.CONV2D_LAYERS)}, got {factor}")
+def fbank_grid(sample_rate: int = 16000, kind: str = "conv2d", factor: int = 4) -> FrameGrid:
+  """A Conformer's subsampling (`speechfuse.nn.subsampling`: `kind` x `factor`) over 100 Hz fbank frames."""
+  layers = subsampling.conv_layers(kind, factor)  # raises on an unknown kind or factor
   kaldi = mfcc_grid(sample_rate)
   # Output frame t of a (kernel, stride) layer is centred on input frame stride * t + (kernel - 1) / 2;
   # composing the layers gives fbank frame scale * t + offset.
   scale, offset = 1, 0.0
-  for kernel, stride in reversed(subsampling.CONV2D_LAYERS[factor]):
+  for kernel, stride in reversed(layers):
     scale, offset = stride * scale, stride * offset + (kernel - 1) / 2
-  return FrameGrid(f"fbank_conv2d_x{factor}", sample_rate, kaldi.hop * scale,
+  return FrameGrid(f"fbank_{kind}_x{factor}", sample_rate, kaldi.hop * scale,
                    kaldi.first_center + kaldi.hop * offset,
-                   lambda n: fbank_conv2d_frame_count(n, sample_rate, factor))
+                   lambda n: fbank_frame_count(n, sample_rate, kind, factor))
 
 
 def mfcc_features_fn(sample_rate: int = 16000) -> FeaturesFn:

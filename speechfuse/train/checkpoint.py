@@ -187,7 +187,8 @@ def _read_variables(directory: epath.Path, step: int) -> dict[str, Any]:
   return {"params": restored["params"], **restored["extra"]}
 
 
-def _write_variables(out: str | os.PathLike, variables: dict[str, Any]) -> str:
+def write_variables(out: str | os.PathLike, variables: dict[str, Any]) -> str:
+  """Writes flax variables ({"params": ..., other collections}) to the new directory `out`; returns its path."""
   out = epath.Path(out)
   if out.exists():
     raise FileExistsError(f"{out} exists; choose another output path or remove it")
@@ -210,7 +211,7 @@ def export_params(workdir: str | os.PathLike, out: str | os.PathLike, *, step: i
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; have {steps}")
-  return _write_variables(out, _read_variables(checkpoint_dir(workdir), step))
+  return write_variables(out, _read_variables(checkpoint_dir(workdir), step))
 
 
 def average_checkpoints(workdir: str | os.PathLike, n: int, out: str | os.PathLike) -> str:
@@ -231,7 +232,7 @@ def average_checkpoints(workdir: str | os.PathLike, n: int, out: str | os.PathLi
     variables = _read_variables(checkpoint_dir(workdir), step)
     total = jax.tree.map(lambda t, x: t + x if is_float(x) else t, total, variables)
   average = jax.tree.map(lambda t, x: (t / n).astype(x.dtype) if is_float(x) else x, total, newest)
-  return _write_variables(out, average)
+  return write_variables(out, average)
 
 
 def load_variables(path: str | os.PathLike) -> dict[str, Any]:

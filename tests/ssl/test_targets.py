@@ -27,7 +27,7 @@ def labelled(dataset):
   mfcc = targets.mfcc_features_fn()
   codebook = targets.fit_codebook(dataset, "train", mfcc, targets.mfcc_grid(), k=8, sample_fraction=0.5,
                                   method="lloyd")
-  for name, grid in (("w2v", targets.wav2vec2_grid()), ("conformer", targets.fbank_conv2d_grid())):
+  for name, grid in (("w2v", targets.wav2vec2_grid()), ("conformer", targets.fbank_grid())):
     targets.write_labels(dataset, name, codebook, mfcc, targets.mfcc_grid(), grid)
   return dataset, codebook
 
@@ -37,17 +37,24 @@ def test_standard_frame_counts_and_centres():
     fbank_frames = (n - 400) // 160 + 1
     assert targets.mfcc_frame_count(n) == fbank_frames
     assert targets.wav2vec2_frame_count(n) == (n - 400) // 320 + 1
-    assert targets.fbank_conv2d_frame_count(n) == max(((fbank_frames - 1) // 2 - 1) // 2, 0)
-    assert targets.fbank_conv2d_frame_count(n) == subsampling.subsampled_length(fbank_frames, "conv2d", 4)
+    assert targets.fbank_frame_count(n) == max(((fbank_frames - 1) // 2 - 1) // 2, 0)
+    assert targets.fbank_frame_count(n) == subsampling.subsampled_length(fbank_frames, "conv2d", 4)
+    assert targets.fbank_frame_count(n, kind="conv1d", factor=2) == max((fbank_frames - 3) // 2 + 1, 0)
   assert targets.wav2vec2_frame_count(399) == 0
   np.testing.assert_array_equal(targets.mfcc_grid().centers(3), [200, 360, 520])
   np.testing.assert_array_equal(targets.wav2vec2_grid().centers(3), [200, 520, 840])
-  np.testing.assert_array_equal(targets.fbank_conv2d_grid().centers(3), [680, 1320, 1960])
-  assert targets.wav2vec2_grid().frame_rate == 50 and targets.fbank_conv2d_grid().frame_rate == 25
+  np.testing.assert_array_equal(targets.fbank_grid().centers(3), [680, 1320, 1960])
+  assert targets.wav2vec2_grid().frame_rate == 50 and targets.fbank_grid().frame_rate == 25
+  conv1d = targets.fbank_grid(kind="conv1d", factor=2)
+  np.testing.assert_array_equal(conv1d.centers(3), [360, 680, 1000])
+  assert conv1d.frame_rate == 50 and conv1d.name == "fbank_conv1d_x2"
+  with pytest.raises(ValueError, match="supports factors"):
+    targets.fbank_grid(kind="conv1d", factor=3)
 
 
 @pytest.mark.parametrize("grid, mfcc_frame", [(targets.wav2vec2_grid(), lambda t: 2 * t),
-                                              (targets.fbank_conv2d_grid(), lambda t: 4 * t + 3)])
+                                              (targets.fbank_grid(), lambda t: 4 * t + 3),
+                                              (targets.fbank_grid(kind="conv1d", factor=2), lambda t: 2 * t + 1)])
 def test_target_frame_takes_the_label_of_the_mfcc_frame_covering_its_centre(grid, mfcc_frame):
   mfcc = targets.mfcc_grid()
   for n in LENGTHS:
@@ -67,7 +74,7 @@ def test_alignment_clips_to_the_utterance():
   np.testing.assert_array_equal(aligned, [7, 7, 8, 8, 9, 9, 9, 9, 9, 9])
 
 
-@pytest.mark.parametrize("name, grid", [("w2v", targets.wav2vec2_grid()), ("conformer", targets.fbank_conv2d_grid())])
+@pytest.mark.parametrize("name, grid", [("w2v", targets.wav2vec2_grid()), ("conformer", targets.fbank_grid())])
 def test_label_lengths_equal_encoder_frame_counts(labelled, name, grid):
   dataset, codebook = labelled
   for split in ssl_testlib.LENGTHS:
@@ -146,4 +153,4 @@ def test_model_features_at_their_own_rate_and_length_checks(dataset):
   for record_id, num_samples in zip(metadata["id"], metadata["num_samples"]):
     assert len(labels[record_id]) == w2v.frame_count(int(num_samples))
   with pytest.raises(ValueError, match="grid 'fbank_conv2d_x4' expects"):
-    targets.model_targets(dataset, "bad", framed_energy, targets.fbank_conv2d_grid(), k=4, splits=["dev"])
+    targets.model_targets(dataset, "bad", framed_energy, targets.fbank_grid(), k=4, splits=["dev"])

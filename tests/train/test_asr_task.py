@@ -73,7 +73,7 @@ def test_ctc_evaluate_reports_loss_cer_wer(ctc_run):
   _, _, task, _, variables = ctc_run
   records = task.utterances(_jit_eval(task, variables), task.make_input("eval", seed=0, shard_index=0, shard_count=1))
   assert sorted(r["id"] for r in records) == ["dev-0", "dev-1", "dev-2"]
-  summary = asr.summarize(records)
+  summary = results.summarize(records)
   assert set(summary) == {"loss", "wer", "cer", "confidence", "utterances"}
   assert summary["utterances"] == 3 and 0 < summary["confidence"] <= 1
   assert summary["cer"] == sum(r["char_errors"] for r in records) / sum(r["chars"] for r in records)
@@ -112,7 +112,7 @@ def test_transducer_task_counter_loss_and_evaluation(dataset, tmp_path):
 
   records = task.utterances(_jit_eval(task, variables), task.make_input("eval", seed=0, shard_index=0, shard_count=1))
   assert len(records) == 3 and all(r["confidence"] is None for r in records)
-  summary = asr.summarize(records)
+  summary = results.summarize(records)
   assert set(summary) == {"loss", "wer", "cer", "utterances"} and np.isfinite(summary["loss"])
 
 @pytest.fixture(scope="module")

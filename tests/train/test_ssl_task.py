@@ -57,7 +57,7 @@ def test_targets_written_once_and_batches_carry_frame_labels(dataset, tmp_path):
   first = next(iterator)
   state = iterator.get_state()
   second = next(iterator)
-  frames = ssl_lib.targets.fbank_conv2d_frame_count(first["audio"].shape[1])
+  frames = ssl_lib.targets.fbank_frame_count(first["audio"].shape[1])
   assert first["frame_labels"].shape == (len(first["mask"]), frames)
   labels = ssl_lib.open_labels(dataset, config.task.targets, "train")
   for row in np.flatnonzero(first["mask"] > 0):

@@ -22,10 +22,15 @@ task.freeze_encoder_steps > 0 zeroes the loaded encoder's updates for that many 
 the update after AdamW is masked, so weight decay does not move it either). data.train_fraction trains on a
 fixed labeled subset (inputs.train_source); the CMVN statistics still come from the whole train split.
 
-Decoding in evaluation (speechfuse.decoding, jitted on the device): CTC greedy, with per-utterance confidences
-from the frame posteriors (speechfuse.eval.confidence); transducer greedy search (up to
-task.max_symbols_per_frame symbols per frame), without confidences (the fusion baselines that read them fuse
-CTC models).
+Decoding in evaluation (speechfuse.eval.asr; task.decoding, see default_config). CTC: "greedy" (best path),
+"beam" (prefix beam search, jitted on the device like greedy), "beam_lm" (prefix beam search with the word n-gram
+LM task.lm_path, k2SSL's Eq. 3): the jitted `decode_step` stops at the log-probabilities and `utterances` runs the
+search on the host (speechfuse.decoding.ctc_lm; a dictionary walk over words with no static-shape form), then
+the jitted forced alignment. CTC confidences (speechfuse.eval.confidence) read the frame posteriors along the
+hypothesis's best alignment (speechfuse.decoding.align), which for greedy is the best path itself. Transducer:
+"greedy" (up to task.max_symbols_per_frame symbols per frame) or "beam" (modified beam search), without
+confidences (the fusion baselines that read them fuse CTC models). The periodic evaluation during training
+(`eval_step`) always decodes greedily: it is a progress signal, and the cheapest.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ from absl import logging
 from flax import traverse_util
 
 from speechfuse import audio, decoding, models, optim, parallel
+from speechfuse.decoding import align
 from speechfuse.data import inputs, pipeline
-from speechfuse.eval import confidence as confidence_lib, metrics
+from speechfuse.eval import confidence as confidence_lib, results
 from speechfuse.losses import ctc as ctc_lib
-from speechfuse.models import acoustic
+from speechfuse.models import acoustic, ensemble
 from speechfuse.text import factory
 from speechfuse.train.tasks import base
 
@@ -70,12 +76,36 @@ def default_config(name: str = "asr_ctc") -> ml_collections.ConfigDict:
   config.init_encoder_only = True  # load encoder/... only; the rest (the pre-training head) is dropped
   # With init_from: the encoder's updates are zero for this many first updates (optim.freeze_for_steps).
   config.freeze_encoder_steps = 0
+  # model.name="ctc_ensemble" (EBF, models.ensemble) only: one exported-variables path per member, whose
+  # encoder/... loads into encoder_<i>/...; the members stay frozen for the whole run.
+  config.init_members = ()
   if name == "asr_transducer":
     config.warm_step = 2000  # batches over which the simple / pruned loss blend warms up (icefall)
     config.simple_loss_scale = 0.5  # weight of the simple loss after warm-up (icefall)
     config.ctc_weight = 0.0  # auxiliary CTC loss weight (needs model.ctc_head)
     config.max_symbols_per_frame = 3  # greedy search's bound on symbols emitted per encoder frame
+  # Decoding in evaluation (eval.asr.evaluate_asr, offline and online; results of other decodings than greedy go
+  # to <workdir>/results/<decoding>/). CTC: "greedy" (fastest), "beam" (prefix beam search, as the OTF paper
+  # reports), "beam_lm" (prefix beam search with the word LM below, on the host); transducer: "greedy" or "beam"
+  # (modified beam search, one symbol per frame, as k2SSL reports).
+  config.decoding = "greedy"
+  config.beam = 8 if name == "asr_transducer" else 10  # hypotheses kept per frame (k2SSL: 8; OTF: 10)
+  # beam_lm only (k2SSL's Eq. 3: log p_CTC + lm_weight * log p_LM + word_insertion * words, natural logs):
+  config.lm_path = ml_collections.config_dict.placeholder(str)  # ARPA word LM, e.g. `speechfuse-prepare lm`
+  config.lm_weight = 0.5
+  config.word_insertion = 0.0
   return config
+
+
+def decoding_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config.task's decoding as the results table records it: {"method", then what that method reads}."""
+  settings = {"method": config.task.decoding}
+  if config.task.decoding != "greedy":
+    settings["beam"] = config.task.beam
+  if config.task.decoding == "beam_lm":
+    settings.update(lm_path=config.task.lm_path, lm_weight=config.task.lm_weight,
+                    word_insertion=config.task.word_insertion)
+  return settings
 
 
 def data_parallel_unit(config: ml_collections.ConfigDict) -> int:
@@ -126,6 +156,7 @@ def run_cmvn(workdir: str, train_source, *, num_mel_bins: int, max_utterances: i
 
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], prefix: tuple[str, ...] = (), *,
+                     source_prefix: tuple[str, ...] | None = None,
                      source_name: str = "pretrained") -> tuple[dict[str, Any], dict[str, list[str]]]:
   """Replaces the leaves of `variables` under `prefix` (in every collection) by those of `pretrained`.
 
@@ -133,6 +164,8 @@ def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]
     variables: flax variables {collection: tree}; leaves may be boxed (nn.Partitioned), and stay boxed.
     pretrained: variables of the same layout as numpy arrays (train.load_variables).
     prefix: the subtree to load, e.g. ("encoder",); () loads every leaf the two share.
+    source_prefix: where that subtree lies in `pretrained` (None: at `prefix`), e.g. ("encoder",) to load a CTC
+      model's encoder into an ensemble's ("encoder_1",).
     source_name: names the source in errors.
 
   Returns:
@@ -152,23 +185,27 @@ def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]
     if key[1:1 + len(prefix)] != prefix or (not prefix and key not in source):
       report["initialised"].append(name(key))
       continue
-    if key not in source:
-      raise ValueError(f"{name(key)} is not in {source_name}: it holds another architecture or size")
+    source_key = key if source_prefix is None else (key[0], *source_prefix, *key[1 + len(prefix):])
+    where = name(key) if source_key == key else f"{name(source_key)} (for {name(key)})"
+    if source_key not in source:
+      raise ValueError(f"{where} is not in {source_name}: it holds another architecture or size")
     value = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
-    array = source[key]
+    array = source[source_key]
     if tuple(array.shape) != tuple(value.shape):
-      raise ValueError(f"{name(key)} has shape {tuple(array.shape)} in {source_name}, {tuple(value.shape)} in this "
+      raise ValueError(f"{where} has shape {tuple(array.shape)} in {source_name}, {tuple(value.shape)} in this "
                        "model")
     array = jnp.asarray(array, value.dtype)
     flat[key] = leaf.replace_boxed(array) if isinstance(leaf, nn.Partitioned) else array
     report["loaded"].append(name(key))
-    used.add(key)
+    used.add(source_key)
   report["dropped"] = [name(key) for key in source if key not in used]
   return traverse_util.unflatten_dict(flat), report
 
 
 class ASRTask(base.Task):
   """What CTC and transducer training share: data, tokenizer, CMVN, model, evaluation loop."""
+
+  DECODINGS: tuple[str, ...] = ("greedy", "beam")  # config.task.decoding's choices
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
     super().__init__(config, workdir)
@@ -187,31 +224,72 @@ class ASRTask(base.Task):
     self.cmvn = self._cmvn(inputs.open_split(config.data, config.data.train_split))
     self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype),
                                   vocab_size=self.tokenizer.vocab_size, cmvn=self.cmvn)
-    self._pretrained = None  # variables read from config.task.init_from, once
+    self._check_members()
+    self._check_decoding()
+    self._pretrained = None  # {path: variables} read from config.task.init_from / init_members, once
 
-  # Fine-tuning.
+  def _check_decoding(self) -> None:
+    task = self.config.task
+    if task.decoding not in self.DECODINGS:
+      raise ValueError(f"config.task.decoding={task.decoding!r} is unknown for {task.name!r}; choose from "
+                       f"{self.DECODINGS}")
+    if task.decoding != "greedy" and task.beam < 1:
+      raise ValueError(f"config.task.beam must be >= 1, got {task.beam}")
+    if task.decoding == "beam_lm":
+      if not task.lm_path or not os.path.isfile(task.lm_path):
+        raise FileNotFoundError(f"config.task.decoding='beam_lm' needs an ARPA file at config.task.lm_path, got "
+                                f"{task.lm_path!r} (write one with `speechfuse-prepare lm`)")
+      if task.lm_weight < 0:
+        raise ValueError(f"config.task.lm_weight must be >= 0, got {task.lm_weight}")
+
+  # Fine-tuning and ensembles.
+
+  def _check_members(self) -> None:
+    members, model = tuple(self.config.task.init_members), self.config.model
+    if model.name == ensemble.NAME and len(members) != model.num_members:
+      raise ValueError(f"config.model.name={ensemble.NAME!r} needs config.task.init_members: one exported-variables "
+                       f"path per member (config.model.num_members={model.num_members}), got {members}")
+    if model.name != ensemble.NAME and members:
+      raise ValueError(f"config.task.init_members is for config.model.name={ensemble.NAME!r}, not {model.name!r}")
+
+  def _sources(self) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]:
+    """(label, path, subtree in this model, subtree in the source) of every variables file to load at init."""
+    task = self.config.task
+    sources = []
+    if task.init_from:
+      sources.append(("init_from", task.init_from, ("encoder",) if task.init_encoder_only else (), None))
+    for i, path in enumerate(task.init_members):
+      sources.append((f"init_members[{i}]", path, (ensemble.member_name(i),), ("encoder",)))
+    return sources
 
   def _init_from(self, variables: dict[str, Any]) -> dict[str, Any]:
-    """`variables` with the pre-trained ones of config.task.init_from in place (see merge_pretrained)."""
-    task = self.config.task
-    if not task.init_from:
+    """`variables` with the pre-trained ones of config.task.init_from / init_members in place (merge_pretrained)."""
+    sources = self._sources()
+    if not sources:
       return variables
     first = self._pretrained is None
     if first:
       # Imported here: train.checkpoint imports train.state, which imports this package.
       from speechfuse.train import checkpoint  # pylint: disable=g-import-not-at-top
-      self._pretrained = checkpoint.load_variables(task.init_from)
-    merged, report = merge_pretrained(variables, self._pretrained, ("encoder",) if task.init_encoder_only else (),
-                                      source_name=task.init_from)
-    if first:  # init is traced more than once (shapes, then values): say it once
-      logging.info("init_from %s: loaded %d arrays: %s", task.init_from, len(report["loaded"]),
-                   ", ".join(report["loaded"]))
-      logging.info("init_from %s: newly initialised: %s", task.init_from, ", ".join(report["initialised"]) or "none")
-      logging.info("init_from %s: dropped (not in this model or not loaded): %s", task.init_from,
-                   ", ".join(report["dropped"]) or "none")
-    return merged
+      self._pretrained = {path: checkpoint.load_variables(path) for _, path, _, _ in sources}
+    loaded = set()
+    for label, path, prefix, source_prefix in sources:
+      variables, report = merge_pretrained(variables, self._pretrained[path], prefix, source_prefix=source_prefix,
+                                           source_name=path)
+      loaded.update(report["loaded"])
+      if first:  # init is traced more than once (shapes, then values): say it once
+        logging.info("%s %s: loaded %d arrays: %s", label, path, len(report["loaded"]), ", ".join(report["loaded"]))
+        logging.info("%s %s: dropped (not in this model or not loaded): %s", label, path,
+                     ", ".join(report["dropped"]) or "none")
+    if first:
+      initialised = [n for n in report["loaded"] + report["initialised"] if n not in loaded]
+      logging.info("%s: newly initialised: %s", ", ".join(f"{label} {path}" for label, path, _, _ in sources),
+                   ", ".join(initialised) or "none")
+    return variables
 
   def wrap_optimizer(self, tx):
+    if self.config.model.name == ensemble.NAME:
+      return optim.freeze(tx, ensemble.is_member)  # members frozen for good
     steps = self.config.task.freeze_encoder_steps
     if steps <= 0 or not self.config.task.init_from:  # a random encoder is never frozen: the scratch baseline
       return tx
@@ -270,7 +348,7 @@ class ASRTask(base.Task):
       out = eval_step(batch)
       local = len(batch["mask"])
       rows = slice(offset_rows * local, (offset_rows + 1) * local)  # outputs are gathered over processes
-      out = jax.tree.map(lambda x: np.asarray(x)[rows], out)
+      out = self._host_search(jax.tree.map(lambda x: np.asarray(x)[rows], out), np.asarray(batch["mask"]) > 0)
       for i in np.flatnonzero(np.asarray(batch["mask"]) > 0):
         reference = self.tokenizer.decode(batch["labels"][i, :batch["label_lengths"][i]])
         records.append({
@@ -282,44 +360,44 @@ class ASRTask(base.Task):
         })
     return records
 
+  def _method(self, method: str | None) -> str:
+    """decode_step's decoding: `method`, or config.task.decoding when None."""
+    method = self.config.task.decoding if method is None else method
+    if method not in self.DECODINGS:
+      raise ValueError(f"decoding method {method!r} is unknown for {self.config.task.name!r}; choose from "
+                       f"{self.DECODINGS}")
+    return method
+
+  def _host_search(self, out: dict[str, np.ndarray], real: np.ndarray) -> dict[str, np.ndarray]:
+    """`out` with tokens and token_lengths, for decodings that finish on the host; `real`: [B] rows to decode."""
+    del real
+    return out
+
   def _confidence(self, out: Mapping[str, np.ndarray], i: int) -> float | None:
     """Utterance i's confidence from eval_step's outputs, None where the model gives none."""
     del out, i
     return None
 
   def evaluate(self, eval_step, batches) -> dict[str, float]:
-    return summarize(self.utterances(eval_step, batches))
+    return results.summarize(self.utterances(eval_step, batches))
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
-  """Loss (mean per utterance over feasible ones), CER, WER (corpus level) and mean confidence (where the
-  records have one) of `records`.
-
-  Fills each record's errors: word_errors, words, char_errors, chars. With several processes the sums are
-  added over all of them.
-  """
-  references = [r["reference"] for r in records]
-  hypotheses = [r["hypothesis"] for r in records]
-  words, chars = metrics.word_errors(references, hypotheses), metrics.char_errors(references, hypotheses)
-  for i, record in enumerate(records):
-    record.update(word_errors=words.errors[i], words=words.lengths[i], char_errors=chars.errors[i],
-                  chars=chars.lengths[i])
-  losses = [r["loss"] for r in records if r["loss"] < ctc_lib.INFEASIBLE_LOSS]
-  confidences = [r["confidence"] for r in records if r["confidence"] is not None]
-  sums = np.array([words.total_errors, words.total_length, chars.total_errors, chars.total_length,
-                   sum(losses), len(losses), sum(confidences), len(confidences), len(records)], np.float64)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-host only
-    sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
-  summary = {"loss": sums[4] / max(sums[5], 1), "wer": sums[0] / max(sums[1], 1), "cer": sums[2] / max(sums[3], 1),
-             "utterances": float(sums[8])}
-  if sums[7]:
-    summary["confidence"] = sums[6] / sums[7]
-  return summary
+def _aligned(log_probs: jax.Array, lengths: jax.Array, tokens: jax.Array, token_lengths: jax.Array,
+             blank_id: int) -> dict[str, jax.Array]:
+  """tokens [B, L], token_lengths [B], and best_ids / best_probs [B, T]: each frame's label on the hypothesis's best
+  alignment (decoding.align) and its posterior, what CTC confidences read."""
+  labels, label_log_probs, _ = align.ctc_forced_align(log_probs, lengths, tokens, token_lengths, blank_id)
+  return {"tokens": tokens, "token_lengths": token_lengths, "best_ids": labels, "best_probs": jnp.exp(label_log_probs)}
 
 
 class CTCTask(ASRTask):
   """CTC training (config.model.name == "ctc")."""
+
+  DECODINGS = ("greedy", "beam", "beam_lm")
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
+    super().__init__(config, workdir)
+    self._lm = None  # (decoding.NgramLM, token pieces) of config.task.lm_path, read on first use
 
   def init(self, rng, batch):
     return self._init_from(dict(self.model.init(rng, batch["audio"], batch["audio_lengths"])))
@@ -332,15 +410,46 @@ class CTCTask(ASRTask):
     loss, metrics_ = self._average(per_utterance, batch)
     return loss, (metrics_, updates if train else extra)
 
-  def decode_step(self, variables, batch, *, chunk_size: int | None = None, num_left_chunks: int = -1):
-    """Greedy decoding: tokens int32 [B, T] and token_lengths [B] (decoding.ctc_greedy), best_ids int32 [B, T]
-    and best_probs float32 [B, T] (the frames' argmax and its posterior, for confidences), lengths [B], loss [B]."""
+  def decode_step(self, variables, batch, *, chunk_size: int | None = None, num_left_chunks: int = -1,
+                  method: str | None = None):
+    """Decodes with `method` (None: config.task.decoding): jit-able.
+
+    Returns:
+      lengths [B] encoder frames, loss [B], and for "greedy" (decoding.ctc_greedy) and "beam" (the best of
+      decoding.ctc_prefix_beam_search): tokens int32 [B, T], token_lengths [B], best_ids int32 [B, T] and
+      best_probs float32 [B, T] (each frame's label on the hypothesis's best alignment and its posterior: the
+      argmax for greedy). "beam_lm" returns log_probs float32 [B, T, V] instead of the four: `utterances` runs
+      the LM search on the host.
+    """
+    method = self._method(method)
+    blank_id = self.tokenizer.blank_id
     (log_probs, lengths), _ = self._apply(variables, batch["audio"], batch["audio_lengths"], train=False,
                                           chunk_size=chunk_size, num_left_chunks=num_left_chunks)
-    loss = ctc_lib.ctc_loss(log_probs, lengths, batch["labels"], batch["label_lengths"], self.tokenizer.blank_id)
-    tokens, token_lengths = decoding.ctc_greedy(log_probs, lengths, self.tokenizer.blank_id)
-    return {"tokens": tokens, "token_lengths": token_lengths, "best_ids": log_probs.argmax(-1).astype(jnp.int32),
-            "best_probs": jnp.exp(log_probs.max(-1)), "lengths": lengths, "loss": loss}
+    out = {"lengths": lengths,
+           "loss": ctc_lib.ctc_loss(log_probs, lengths, batch["labels"], batch["label_lengths"], blank_id)}
+    if method == "greedy":
+      tokens, token_lengths = decoding.ctc_greedy(log_probs, lengths, blank_id)
+      return {**out, "tokens": tokens, "token_lengths": token_lengths,
+              "best_ids": log_probs.argmax(-1).astype(jnp.int32), "best_probs": jnp.exp(log_probs.max(-1))}
+    if method == "beam":
+      best = decoding.ctc_prefix_beam_search(log_probs, lengths, beam=self.config.task.beam, blank_id=blank_id)
+      return {**out, **_aligned(log_probs, lengths, best.tokens[:, 0], best.lengths[:, 0], blank_id)}
+    return {**out, "log_probs": log_probs.astype(jnp.float32)}
+
+  def _host_search(self, out, real):
+    """The "beam_lm" search over the real rows (ctc_lm.prefix_beam_search), then the jitted forced alignment."""
+    if "tokens" in out:
+      return out
+    task = self.config.task
+    if self._lm is None:
+      self._lm = (decoding.NgramLM.from_arpa(task.lm_path), decoding.token_pieces(self.tokenizer))
+    lm, pieces = self._lm
+    lengths = np.where(real, out["lengths"], 0)  # padding rows: nothing to search
+    best = decoding.ctc_prefix_beam_search(
+        out["log_probs"], lengths, beam=task.beam, blank_id=self.tokenizer.blank_id, lm=lm, lm_weight=task.lm_weight,
+        word_insertion=task.word_insertion, pieces=pieces)
+    aligned = _aligned(out["log_probs"], lengths, best.tokens[:, 0], best.lengths[:, 0], self.tokenizer.blank_id)
+    return {**out, **jax.device_get(aligned)}
 
   def _confidence(self, out, i):
     length = int(out["lengths"][i])
@@ -349,7 +458,7 @@ class CTCTask(ASRTask):
     return confidence_lib.utterance_confidence(tokens, token_conf, self.tokenizer, out["best_probs"][i], length)
 
   def eval_step(self, variables, batch):
-    return self.decode_step(variables, batch)
+    return self.decode_step(variables, batch, method="greedy")
 
 
 class TransducerTask(ASRTask):
@@ -387,19 +496,25 @@ class TransducerTask(ASRTask):
       metrics_[f"{name}_loss"], _ = self._average(value, batch)
     return loss, (metrics_, updates if train else extra)
 
-  def decode_step(self, variables, batch, *, chunk_size: int | None = None, num_left_chunks: int = -1):
-    """Greedy search (decoding.transducer_greedy): tokens int32 [B, T * max_symbols_per_frame], token_lengths
-    [B], and loss [B] (the blended loss after warm-up)."""
+  def decode_step(self, variables, batch, *, chunk_size: int | None = None, num_left_chunks: int = -1,
+                  method: str | None = None):
+    """Decodes with `method` (None: config.task.decoding): "greedy" (decoding.transducer_greedy; tokens int32
+    [B, T * max_symbols_per_frame]) or "beam" (the best of decoding.modified_beam_search; tokens [B, T]), with
+    token_lengths [B] and loss [B] (the blended loss after warm-up)."""
     (losses, _), _ = self._apply(variables, batch["audio"], batch["audio_lengths"], batch["labels"],
                                  batch["label_lengths"], train=False)
     (encoder_out, lengths), _ = self._apply(variables, batch["audio"], batch["audio_lengths"], train=False,
                                             method="encode", chunk_size=chunk_size, num_left_chunks=num_left_chunks)
-    apply = lambda method, *args: self.model.apply(variables, *args, method=method)
-    tokens, token_lengths = decoding.transducer_greedy(
-        apply("project_encoder", encoder_out), lengths, lambda n: apply("predictor_initial_state", n),
-        lambda state, tokens: apply("predictor_step", state, tokens), lambda enc, pred: apply("join", enc, pred),
-        max_symbols_per_frame=self.config.task.max_symbols_per_frame, blank_id=self.tokenizer.blank_id)
+    apply = lambda name, *args: self.model.apply(variables, *args, method=name)
+    searched = (apply("project_encoder", encoder_out), lengths, lambda n: apply("predictor_initial_state", n),
+                lambda state, tokens: apply("predictor_step", state, tokens), lambda enc, pred: apply("join", enc, pred))
+    if self._method(method) == "greedy":
+      tokens, token_lengths = decoding.transducer_greedy(
+          *searched, max_symbols_per_frame=self.config.task.max_symbols_per_frame, blank_id=self.tokenizer.blank_id)
+    else:
+      best = decoding.modified_beam_search(*searched, beam=self.config.task.beam, blank_id=self.tokenizer.blank_id)
+      tokens, token_lengths = best.tokens[:, 0], best.lengths[:, 0]
     return {"tokens": tokens, "token_lengths": token_lengths, "loss": self._blend(losses, batch, train=False)}
 
   def eval_step(self, variables, batch):
-    return self.decode_step(variables, batch)
+    return self.decode_step(variables, batch, method="greedy")

@@ -4,7 +4,7 @@ Model: speechfuse.models.ssl (config.model.name = "ssl") over the fbank Conforme
 wav2vec 2.0 waveform encoder; the loss (config.task.loss, "hubert" or "ce") picks the head.
 
 Targets (speechfuse.ssl.targets), at the encoder's frame rate: the labels `config.task.targets` of the
-dataset, on the backbone's grid (fbank_conv2d_grid for the Conformer, wav2vec2_grid for the waveform
+dataset, on the backbone's grid (fbank_grid for the Conformer, wav2vec2_grid for the waveform
 encoder). Iteration 1 writes them on first use (MFCC-39 k-means with config.task.num_classes clusters, fitted
 on a config.task.kmeans_fraction of the training utterances, then applied to the train and eval splits) into
 <dataset>/labels/<targets>/, where later runs find them. Iteration 2 reads labels written beforehand with
@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
 def target_grid(model_config: ml_collections.ConfigDict, sample_rate: int) -> ssl_lib.FrameGrid:
   """The frame grid of config.model's encoder, on which its targets must be written."""
   if model_config.backbone == "conformer":
-    return ssl_lib.fbank_conv2d_grid(sample_rate, model_config.encoder.subsampling_factor)
+    return ssl_lib.fbank_grid(sample_rate, model_config.encoder.subsampling, model_config.encoder.subsampling_factor)
   return ssl_lib.wav2vec2_grid(sample_rate)
 
 

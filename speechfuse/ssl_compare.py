@@ -1,0 +1,180 @@
+"""The SSL comparison job (issue 6): CTC fine-tuned from scratch, from a HuBERT-loss and from a CE-loss pre-trained
+encoder, on the same labeled subset; one results table.
+
+    results = run_comparison("tiny", "runs/ssl_compare")      # what launch/ssl_compare.py runs
+
+The job's config is configs/ssl_compare.py (corpus, budgets); every model is a recipe run by the generic trainer.
+Stages (speechfuse.pipeline: each runs once, a rerun skips the finished ones and the interrupted one resumes from
+its last checkpoint), each in its own run directory <workdir>/<stage>:
+  pretrain_<loss>   configs/ssl_hubert.py:<size>,loss=<loss> on the whole train split as unlabeled audio, then
+                    exported (<run>/export/params); output: its steps and the dev masked-prediction metrics of
+                    its final evaluation
+  finetune_<row>    configs/finetune_ctc.py:<size> on the labeled subset (data.train_fraction: the same
+                    utterances in every row); rows "scratch" and one per loss, whose encoder is loaded from that
+                    loss's export (task.init_from) and frozen for its first updates
+  eval_<row>        speechfuse.run "eval": the test splits, offline and online (the run's results/ folder)
+Every run starts with the first run's CMVN statistics and every fine-tuning run with the first fine-tuning run's
+tokenizer copied into its directory (the tasks load them when present): the recipes would compute the same ones,
+copying makes it a fact rather than an expectation. Compiled programs are cached in <workdir>/compile_cache (JAX's
+persistent cache): the three fine-tuning runs and their decodings compile once per shape.
+
+Writes <workdir>/results.json (an eval.comparison table, with the job's config) and results.md: the WER / CER
+table of the three rows, then the pre-training table (steps, masked and unmasked dev accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+from speechfuse import pipeline, run
+from speechfuse.config import load_config, to_dict
+from speechfuse.eval import comparison
+from speechfuse.train.tasks import asr
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+SCRATCH = "scratch"
+LOSS_NAMES = {"hubert": "HuBERT loss", "ce": "CE loss"}
+PRETRAIN_METRICS = ("masked_accuracy", "unmasked_accuracy", "loss")  # the ssl_hubert task's eval metrics we keep
+
+
+def _recipe(name: str, arg: str, compare: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """configs/<name>.py at `arg`, reading the job's corpus."""
+  config = load_config(f"{CONFIGS / name}.py:{arg}")
+  config.data.update(compare.data)
+  return config
+
+
+def _budget(config: ml_collections.ConfigDict, steps: int | None, warmup_steps: int | None) -> None:
+  """Sets the run's length and warm-up where the job's config gives them (None keeps the recipe's)."""
+  if steps is not None:
+    config.total_steps = steps
+  if warmup_steps is not None:
+    config.optimizer.warmup_steps = warmup_steps
+
+
+def pretrain_config(compare: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
+  """configs/ssl_hubert.py at the job's size with `loss`, on the job's pre-training budget."""
+  config = _recipe("ssl_hubert", f"{compare.size},loss={loss}", compare)
+  _budget(config, compare.pretrain.steps, compare.pretrain.warmup_steps)
+  return config
+
+
+def finetune_config(compare: ml_collections.ConfigDict, init_from: str | None) -> ml_collections.ConfigDict:
+  """configs/finetune_ctc.py at the job's size and labeled fraction, from `init_from` (None: from scratch)."""
+  config = _recipe("finetune_ctc", f"{compare.size},train_fraction={compare.finetune.train_fraction}", compare)
+  _budget(config, compare.finetune.steps, compare.finetune.warmup_steps)
+  config.task.init_from = init_from
+  if compare.finetune.freeze_encoder_steps is not None:
+    config.task.freeze_encoder_steps = compare.finetune.freeze_encoder_steps
+  return config
+
+
+def _final_eval(workdir: str, step: int) -> dict[str, float]:
+  """PRETRAIN_METRICS of the evaluation at `step` in <workdir>/metrics.jsonl (the trainer's final one)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  evals = [line for line in lines if line["split"] == "eval" and line["step"] == step]
+  if not evals:
+    raise ValueError(f"{path} has no evaluation at step {step}")
+  return {key: evals[-1][key] for key in PRETRAIN_METRICS}
+
+
+def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[pipeline.Stage]:
+  """The job's stages (module docstring) for `compare` (configs/ssl_compare.py) in `workdir`."""
+  run_dir = lambda name: os.path.join(os.fspath(workdir), name)
+  first = run_dir(f"pretrain_{compare.losses[0]}")  # its CMVN statistics serve every run
+  first_finetune = run_dir(f"finetune_{SCRATCH}")  # its tokenizer serves every fine-tuning run
+
+  def pretrain(loss: str) -> dict[str, Any]:
+    directory, config = run_dir(f"pretrain_{loss}"), pretrain_config(compare, loss)
+    pipeline.share_files(first, directory, (asr.CMVN_FILE,))
+    step = pipeline.train_to_end(config, directory)
+    params = run.export_path(directory)
+    if not os.path.exists(params):  # a rerun of a stage interrupted after its export keeps it
+      run.run("export", config, directory)
+    return {"steps": step, "params": params, **_final_eval(directory, step)}
+
+  def config_of(name: str) -> ml_collections.ConfigDict:
+    return finetune_config(compare, None if name == SCRATCH else run.export_path(run_dir(f"pretrain_{name}")))
+
+  def finetune(name: str) -> dict[str, Any]:
+    directory = run_dir(f"finetune_{name}")
+    pipeline.share_files(first, directory, (asr.CMVN_FILE,))
+    pipeline.share_files(first_finetune, directory, (asr.TOKENIZER_DIR,))
+    return {"steps": pipeline.train_to_end(config_of(name), directory)}
+
+  result = [pipeline.Stage(f"pretrain_{loss}", f"pre-train on the unlabeled train audio with the {LOSS_NAMES[loss]}",
+                           lambda loss=loss: pretrain(loss)) for loss in compare.losses]
+  for name in (SCRATCH, *compare.losses):
+    what = "from scratch" if name == SCRATCH else f"from the {LOSS_NAMES[name]} encoder"
+    result.append(pipeline.Stage(f"finetune_{name}", f"fine-tune CTC on the labeled subset {what}",
+                                 lambda name=name: finetune(name)))
+    result.append(pipeline.Stage(f"eval_{name}", f"decode the test splits with the model fine-tuned {what}",
+                                 lambda name=name: run.run("eval", config_of(name), run_dir(f"finetune_{name}"))))
+  return result
+
+
+def _label(name: str) -> str:
+  return "from scratch" if name == SCRATCH else f"{LOSS_NAMES[name]} pre-trained"
+
+
+def _caption(compare: ml_collections.ConfigDict, outputs: Mapping[str, Any]) -> str:
+  return (f"SSL pre-training on {compare.data.corpus} ({compare.size}): CTC fine-tuned for "
+          f"{outputs[f'finetune_{SCRATCH}']['steps']} steps on {100 * compare.finetune.train_fraction:g}% of the "
+          "train split (the same utterances in every row), from scratch or from an encoder pre-trained on the "
+          "whole train split as unlabeled audio. WER / CER in %, offline (full context) and online (chunked "
+          "attention).")
+
+
+def pretraining_markdown(rows: list[Mapping[str, Any]]) -> str:
+  """The pre-trained rows' "pretraining" ({"steps", "masked_accuracy", "unmasked_accuracy", "loss"}: the final
+  dev evaluation) as Markdown, accuracies in percent."""
+  lines = ["Pre-training (dev, at its last step; accuracy of predicting the k-means target of masked / unmasked "
+           "frames):", "", "| method | pre-training steps | masked accuracy | unmasked accuracy |", "|---|---|---|---|"]
+  for row in rows:
+    if row["pretraining"] is not None:
+      figures = row["pretraining"]
+      lines.append(f"| {row['method']} | {figures['steps']} | {100 * figures['masked_accuracy']:.2f} | "
+                   f"{100 * figures['unmasked_accuracy']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _write(path: str, text: str) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def run_comparison(size: str, workdir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+  """Runs the job at `size` in `workdir`; writes results.json / results.md there, prints the latter, returns
+  the former.
+
+  `overrides` set fields of configs/ssl_compare.py's config by dotted name, e.g. **{"pretrain.steps": 20,
+  "data.data_dir": "/tmp/data"}. A rerun resumes: finished stages are skipped.
+  """
+  compare = load_config(f"{CONFIGS / 'ssl_compare.py'}:{size}")
+  compare.update_from_flattened_dict(overrides)
+  workdir = os.fspath(workdir)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "compile_cache"))
+  outputs = pipeline.run_stages(stages(compare, workdir), workdir)
+  rows = []
+  for name in (SCRATCH, *compare.losses):
+    pretrained = outputs.get(f"pretrain_{name}")
+    pretraining = None if pretrained is None else {key: pretrained[key] for key in ("steps", *PRETRAIN_METRICS)}
+    rows.append(comparison.row(_label(name), outputs[f"eval_{name}"], None, stage=f"finetune_{name}",
+                               finetune_steps=outputs[f"finetune_{name}"]["steps"], pretraining=pretraining))
+  table = comparison.make_table(rows, tuple(compare.data.test_splits), title=_caption(compare, outputs))
+  results = {**table, "config": to_dict(compare)}
+  text = comparison.markdown(table) + "\n" + pretraining_markdown(rows)
+  _write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
+  _write(os.path.join(workdir, "results.md"), text)
+  print(text)
+  return results
