@@ -11,7 +11,8 @@ from absl import app, flags, logging
 
 from speechfuse import config, ssl_compare
 
-_SIZE = flags.DEFINE_enum("size", "tiny", list(config.SIZES), "Size of every recipe; smoke runs the same path in minutes.")
+_SIZE = flags.DEFINE_enum("size", "tiny", list(config.SIZES),
+                          "Size of both recipes and the budgets; smoke runs the same path in minutes.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ssl_compare", "Job directory (resumed if it holds finished stages).")
 
 

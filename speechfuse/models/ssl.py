@@ -171,9 +171,10 @@ def from_config(config: ml_collections.ConfigDict, dtype: Any, *, num_classes: i
   common = dict(num_classes=num_classes, head=head, final_dim=config.final_dim, dtype=dtype,
                 **config.mask.to_dict())
   if config.backbone == "conformer":
-    if config.encoder.architecture != "conformer" or config.encoder.subsampling != "conv2d":
-      raise ValueError("the SSL Conformer needs config.model.encoder.architecture='conformer' and "
-                       "subsampling='conv2d' (the frame grid its targets are written on)")
+    # Any subsampling: the task writes targets on the encoder's own frame grid (ssl.targets.fbank_grid).
+    if config.encoder.architecture != "conformer":
+      raise ValueError("the SSL Conformer needs config.model.encoder.architecture='conformer', got "
+                       f"{config.encoder.architecture!r}")
     return SSLModel("conformer", acoustic.make_encoder(config.encoder, dtype),
                     frontend=acoustic.make_frontend(config.frontend, cmvn),
                     spec_augment=acoustic.make_spec_augment(config.spec_augment), **common)
