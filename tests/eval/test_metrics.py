@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+import edit_distance_testlib
 from speechfuse.eval import metrics
-
-
-def _edit_distance(reference, hypothesis) -> int:
-  """Levenshtein distance (unit costs) by dynamic programming."""
-  d = np.arange(len(hypothesis) + 1)
-  for i, r in enumerate(reference, 1):
-    previous, d[0] = d.copy(), i
-    for j, h in enumerate(hypothesis, 1):
-      d[j] = min(previous[j] + 1, d[j - 1] + 1, previous[j - 1] + (r != h))
-  return int(d[-1])
 
 
 PAIRS = [
@@ -36,7 +26,7 @@ def test_counts_match_edit_distance(kind):
   else:
     counts = metrics.char_errors(references, hypotheses)
     split = list
-  expected = [_edit_distance(split(r), split(h)) for r, h in PAIRS]
+  expected = [edit_distance_testlib.edit_distance(split(r), split(h)) for r, h in PAIRS]
   assert counts.errors == expected
   assert counts.lengths == [len(split(r)) for r in references]
   assert counts.rate == pytest.approx(sum(expected) / sum(len(split(r)) for r in references))

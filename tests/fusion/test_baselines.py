@@ -4,12 +4,16 @@ combined WER is checked against a Levenshtein distance computed here."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
-import numpy as np
 import pytest
 
-from speechfuse.eval import results
-from speechfuse.fusion import baselines
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "eval"))
+import edit_distance_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from speechfuse.eval import results  # pylint: disable=wrong-import-position
+from speechfuse.fusion import baselines  # pylint: disable=wrong-import-position
 
 REFERENCES = {"u1": "one two three", "u2": "four five", "u3": "six one two", "u4": "three"}
 # id -> (hypothesis, confidence) per run; u3 ties on confidence, u4 ties on word errors.
@@ -17,29 +21,19 @@ RUN_A = {"u1": ("one two three", 0.9), "u2": ("four", 0.8), "u3": ("six won two"
 RUN_B = {"u1": ("one too three", 0.95), "u2": ("four five", 0.7), "u3": ("six one two", 0.5), "u4": ("three x", 0.2)}
 
 
-def _edit_distance(reference: list, hypothesis: list) -> int:
-  """Levenshtein distance (substitutions + deletions + insertions), by dynamic programming."""
-  d = np.arange(len(hypothesis) + 1)
-  for i, r in enumerate(reference, 1):
-    previous, d[0] = d.copy(), i
-    for j, h in enumerate(hypothesis, 1):
-      d[j] = min(previous[j] + 1, d[j - 1] + 1, previous[j - 1] + (r != h))
-  return int(d[-1])
-
-
 def _records(run: dict) -> list[dict]:
   records = []
   for i, (hypothesis, confidence) in run.items():
     reference = REFERENCES[i]
     records.append({"id": i, "reference": reference, "hypothesis": hypothesis, "confidence": confidence,
-                    "loss": 1.0, "word_errors": _edit_distance(reference.split(), hypothesis.split()),
-                    "words": len(reference.split()), "char_errors": _edit_distance(list(reference), list(hypothesis)),
+                    "loss": 1.0, "word_errors": edit_distance_testlib.edit_distance(reference.split(), hypothesis.split()),
+                    "words": len(reference.split()), "char_errors": edit_distance_testlib.edit_distance(list(reference), list(hypothesis)),
                     "chars": len(reference)})
   return records
 
 
 def _wer(records: list[dict]) -> float:
-  return (sum(_edit_distance(r["reference"].split(), r["hypothesis"].split()) for r in records)
+  return (sum(edit_distance_testlib.edit_distance(r["reference"].split(), r["hypothesis"].split()) for r in records)
           / sum(len(r["reference"].split()) for r in records))
 
 

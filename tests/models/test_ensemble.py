@@ -26,18 +26,6 @@ from speechfuse.train import state as state_lib, tasks  # pylint: disable=wrong-
 VOCAB = 29
 
 
-def _fill(shapes, seed):
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if path[-1].key in ("scale", "var"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module")
 def setup():
   """A one-block smoke CTC model, two members' random variables, the ensemble of two, a padded batch of 2."""
@@ -54,7 +42,7 @@ def setup():
   lengths = np.array([8000, 5600], np.int32)
   waves[1, 5600:] = 0
   member_shapes = jax.eval_shape(lambda: nn.unbox(member.init(jax.random.key(0), waves, lengths)))
-  members = [_fill(member_shapes, seed) for seed in (1, 2)]
+  members = [ctc_members_testlib.random_fill(member_shapes, seed) for seed in (1, 2)]
   return member, model, members, waves, lengths
 
 

@@ -35,15 +35,8 @@ def smoke_ctc_config(dataset: pathlib.Path) -> ml_collections.ConfigDict:
   return config
 
 
-def random_variables(config: ml_collections.ConfigDict, workdir: pathlib.Path, seed: int) -> dict:
-  """Variables of config's model with generic random values (the task's assets are written to `workdir`).
-
-  XLA compiles the real initialisers slowly on CPU; normal values scaled by 1/sqrt(fan-in) serve as well, with
-  positive norm scales and running variances.
-  """
-  task = tasks.get_task(config, workdir)
-  example = state_lib.example_batch(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
-  shapes = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0), example)))
+def random_fill(shapes, seed: int):
+  """Random arrays for a tree of jax.ShapeDtypeStruct: normal / sqrt(fan-in), norm scales and variances in [0.5, 1.5]."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -53,6 +46,18 @@ def random_variables(config: ml_collections.ConfigDict, workdir: pathlib.Path, s
     return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def random_variables(config: ml_collections.ConfigDict, workdir: pathlib.Path, seed: int) -> dict:
+  """Variables of config's model with generic random values (the task's assets are written to `workdir`).
+
+  XLA compiles the real initialisers slowly on CPU; normal values scaled by 1/sqrt(fan-in) serve as well, with
+  positive norm scales and running variances.
+  """
+  task = tasks.get_task(config, workdir)
+  example = state_lib.example_batch(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
+  shapes = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0), example)))
+  return random_fill(shapes, seed)
 
 
 def write_member(config: ml_collections.ConfigDict, run_dir: pathlib.Path, seed: int) -> pathlib.Path:
