@@ -51,10 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       key: corpus[key] for key in ("corpus", "builtin_size", "data_dir", "train_split", "eval_split", "test_splits")})
 
   # Training steps of each stage. The SL and SSL models get the same labeled schedule, as in the paper (200
-  # epochs each). tiny, measured on a quiet 2-core CPU: a CTC step (40 s of audio) takes ~0.8 s, a pre-training
-  # step (80 s) ~1.6 s, so the ~1,500 steps below take ~21 minutes; every training run adds ~2 minutes of
-  # start-up and compilation (less where the compile cache has its programs) and every decoding of the test
-  # splits ~30 s: ~47 minutes in all. SL gets ~2.8 epochs of the `small` corpus (its own recipe: 1,600 steps).
+  # epochs each). tiny, measured on a quiet 2-core CPU: a CTC step (40 s of audio) takes ~0.8 s and a
+  # pre-training step (80 s) ~1.45 s, so the steps below take ~20 minutes; start-up, compilation, decoding,
+  # fusion and the landscape ~23 more (every stage run with 40-step budgets), the k-means targets and the corpus
+  # (first run only) ~4: ~47 minutes in all. SL gets ~2.8 epochs of the `small` corpus (its recipe: 1,600 steps).
   config.steps = ml_collections.ConfigDict({
       "sl": config_lib.by_size(size, smoke=4, tiny=400, base=100_000, large=200_000),
       "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=200, base=400_000, large=400_000),
