@@ -56,9 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # fusion and the landscape ~23 more (every stage run with 40-step budgets), the k-means targets and the corpus
   # (first run only) ~4: ~47 minutes in all. SL gets ~2.8 epochs of the `small` corpus (its recipe: 1,600 steps).
   config.steps = ml_collections.ConfigDict({
-      "sl": config_lib.by_size(size, smoke=4, tiny=400, base=100_000, large=200_000),
-      "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=200, base=400_000, large=400_000),
-      "ssl_finetune": config_lib.by_size(size, smoke=4, tiny=400, base=100_000, large=200_000),
+      "sl": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
+      "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=150, base=400_000, large=400_000),
+      "ssl_finetune": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
       # Direct Avg + full FT: the paper fine-tunes the averaged model fully; at tiny a quarter of the SL
       # schedule (the row shows what fine-tuning a broken average buys with 5/3 of the MFT budget).
       "full_ft": config_lib.by_size(size, smoke=4, tiny=100, base=100_000, large=200_000),
@@ -68,9 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Warm-up of the member runs (None: the recipe's own, made for its full schedule).
   no_value = ml_collections.config_dict.placeholder(int)
   config.warmup_steps = ml_collections.ConfigDict({
-      "sl": config_lib.by_size(size, smoke=1, tiny=60, base=no_value, large=no_value),
-      "ssl_pretrain": config_lib.by_size(size, smoke=1, tiny=40, base=no_value, large=no_value),
-      "ssl_finetune": config_lib.by_size(size, smoke=1, tiny=60, base=no_value, large=no_value),
+      "sl": config_lib.by_size(size, smoke=1, tiny=150, base=no_value, large=no_value),
+      "ssl_pretrain": config_lib.by_size(size, smoke=1, tiny=30, base=no_value, large=no_value),
+      "ssl_finetune": config_lib.by_size(size, smoke=1, tiny=150, base=no_value, large=no_value),
   })
 
   # Moderate fine-tuning: SL + MFT, SSL + MFT and OTF's MFT each run fraction x the schedule of the model they

@@ -9,7 +9,7 @@ decodes with `tokenizer.decode` as is.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +110,7 @@ def ctc_prefix_beam_search(
     lm_weight: float = 0.5,
     word_insertion: float = 0.0,
     pieces: Sequence[str] | None = None,
+    lexicon: Collection[str] | None = None,
 ) -> BeamResult:
   """CTC prefix beam search (Hannun et al. 2014), optionally fused with a word n-gram LM.
 
@@ -118,7 +119,7 @@ def ctc_prefix_beam_search(
   of its last symbol) or grow by one symbol; candidates that reach the same prefix are log-added
   (see speechfuse.decoding.beams), and the `beam` best survive.
 
-  Without an LM (and word_insertion == 0) the search runs batched and jitted: a `lax.scan` over frames
+  Without an LM (and word_insertion == 0, no lexicon) the search runs batched and jitted: a `lax.scan` over frames
   with static beam, one top-k over the beam x vocab grid per frame. With an LM it runs host-side
   (`ctc_lm.prefix_beam_search`), ranking by k2SSL's Eq. 3,
     log p_CTC(y | x) + lm_weight * log p_LM(y) + word_insertion * |y|,
@@ -133,14 +134,15 @@ def ctc_prefix_beam_search(
     lm_weight: lm's weight (w1 in Eq. 3).
     word_insertion: score per word (w2 in Eq. 3).
     pieces: id -> surface text with " " marking word boundaries (`ctc_lm.token_pieces(tokenizer)`);
-      needed with lm or word_insertion.
+      needed with lm, word_insertion or lexicon.
+    lexicon: words the output may hold (host path; see ctc_lm), e.g. `lm.words()`; None: any spelling.
 
   Returns:
     BeamResult with N = beam, L = T, best first; scores are log p_CTC (jitted path) or the Eq. 3 score
     (host path, numpy arrays).
   """
-  if lm is None and word_insertion == 0.0:
+  if lm is None and word_insertion == 0.0 and lexicon is None:
     return _prefix_beam_search(jnp.asarray(log_probs), jnp.asarray(lengths), beam, blank_id)
   return ctc_lm.prefix_beam_search(
       log_probs, lengths, beam=beam, blank_id=blank_id, lm=lm, lm_weight=lm_weight,
-      word_insertion=word_insertion, pieces=pieces)
+      word_insertion=word_insertion, pieces=pieces, lexicon=lexicon)

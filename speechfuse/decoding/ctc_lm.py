@@ -16,11 +16,17 @@ LM term can only fall and its word count grow by the spaces in its piece, so its
 above, and one bounded below the beam-th best stay is skipped without changing the result. Without an
 LM it is the plain-Python reference the jitted search (speechfuse.decoding.ctc) is tested and benchmarked
 against.
+
+With a lexicon (a set of words, e.g. the LM's vocabulary: `NgramLM.words()`), the search is lexicon-
+constrained as wav2letter's lexicon decoder and k2's HLG graphs are: an extension survives only while its
+open word is a prefix of some lexicon word and every word it closes is one, and a hypothesis whose last
+word is not a lexicon word is ranked after every hypothesis that ends in one. Spelling errors then cannot
+reach the output (an out-of-lexicon word cannot either: it becomes the nearest lexicon words).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -88,9 +94,22 @@ def _finish(lm: NgramLM | None, words: _Words) -> _Words:
   return words
 
 
+class _Lexicon:
+  """Words and every prefix of them, to test an extension's text in O(word length)."""
+
+  def __init__(self, words: Collection[str]):
+    self.words = frozenset(words)
+    self.prefixes = frozenset(word[:i] for word in self.words for i in range(len(word) + 1))
+
+  def allows(self, words: _Words, piece: str) -> bool:
+    """Whether appending `piece` closes only lexicon words and leaves a lexicon prefix open."""
+    *closed, partial = (words.partial + piece).split(" ")
+    return partial in self.prefixes and all(word in self.words for word in closed if word)
+
+
 def _search(
     log_probs: np.ndarray, beam: int, blank_id: int, lm: NgramLM | None, lm_weight: float,
-    word_insertion: float, pieces: Sequence[str] | None,
+    word_insertion: float, pieces: Sequence[str] | None, lexicon: _Lexicon | None = None,
 ) -> list[tuple[tuple[int, ...], float]]:
   """One utterance, log_probs: [T, V] (valid frames only) -> [(tokens, score)], best first."""
   vocab = log_probs.shape[1]
@@ -120,6 +139,9 @@ def _search(
     bound = extend + prior[:, None] + max(word_insertion, 0.0) * closes
     threshold = np.sort(stay_scores)[-beam] if len(prefixes) >= beam else -np.inf
     parents, tokens = np.nonzero((bound >= threshold) & (extend > -np.inf))
+    if lexicon is not None:
+      allowed = np.array([lexicon.allows(words[k], pieces[v]) for k, v in zip(parents, tokens)], bool)
+      parents, tokens = parents[allowed], tokens[allowed]
     grown_words = [
         _append(lm, words[k], pieces[v]) if pieces is not None else empty for k, v in zip(parents, tokens)]
     candidates = prefixes + [(*prefixes[k], int(v)) for k, v in zip(parents, tokens)]
@@ -135,14 +157,17 @@ def _search(
 
   final = []
   for prefix, state, ctc in zip(prefixes, words, np.logaddexp(p_b, p_nb)):
+    complete = lexicon is None or not state.partial or state.partial in lexicon.words
     state = _finish(lm, state) if pieces is not None else state
-    final.append((prefix, float(ctc + lm_weight * state.lm_score + word_insertion * state.count)))
-  return sorted(final, key=lambda item: item[1], reverse=True)
+    final.append((complete, prefix, float(ctc + lm_weight * state.lm_score + word_insertion * state.count)))
+  final.sort(key=lambda item: item[::2], reverse=True)  # complete hypotheses first, then by score
+  return [(prefix, score) for _, prefix, score in final]
 
 
 def prefix_beam_search(
     log_probs, lengths, *, beam: int = 10, blank_id: int = 0, lm: NgramLM | None = None,
     lm_weight: float = 0.5, word_insertion: float = 0.0, pieces: Sequence[str] | None = None,
+    lexicon: Collection[str] | None = None,
 ) -> BeamResult:
   """Prefix beam search on the host, one utterance after another.
 
@@ -153,8 +178,9 @@ def prefix_beam_search(
     blank_id: the blank id.
     lm: word LM, or None for CTC scores alone.
     lm_weight, word_insertion: w1 (>= 0) and w2 of Eq. 3.
-    pieces: id -> surface text (`token_pieces`); required with an LM or a word insertion score, and
-      unused without both (the search is then plain CTC prefix beam search).
+    pieces: id -> surface text (`token_pieces`); required with an LM, a word insertion score or a
+      lexicon, and unused without all three (the search is then plain CTC prefix beam search).
+    lexicon: the words the output may hold (see the module docstring), or None for any spelling.
 
   Returns:
     BeamResult of numpy arrays: tokens [B, beam, T] padded with blank_id, lengths [B, beam], scores
@@ -163,18 +189,21 @@ def prefix_beam_search(
   log_probs = np.asarray(log_probs, np.float64)
   lengths = np.asarray(lengths)
   batch, frames, vocab = log_probs.shape
-  uses_words = lm is not None or word_insertion != 0.0
+  uses_words = lm is not None or word_insertion != 0.0 or lexicon is not None
+  if lexicon is not None and not lexicon:
+    raise ValueError("the lexicon is empty")
   if lm is not None and lm_weight < 0:
     raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")  # the pruning bound relies on it
   if uses_words and (pieces is None or len(pieces) < vocab):
-    raise ValueError(f"an LM or a word insertion score needs `pieces` for all {vocab} ids "
+    raise ValueError(f"an LM, a word insertion score or a lexicon needs `pieces` for all {vocab} ids "
                      f"(ctc_lm.token_pieces(tokenizer)), got {None if pieces is None else len(pieces)}")
+  lexicon = _Lexicon(lexicon) if lexicon is not None else None
   tokens = np.full((batch, beam, frames), blank_id, np.int32)
   token_lengths = np.zeros((batch, beam), np.int32)
   scores = np.full((batch, beam), -np.inf, np.float64)
   for b in range(batch):
     nbest = _search(log_probs[b, :int(lengths[b])], beam, blank_id, lm, lm_weight, word_insertion,
-                    pieces if uses_words else None)
+                    pieces if uses_words else None, lexicon)
     for n, (prefix, score) in enumerate(nbest):
       tokens[b, n, :len(prefix)] = prefix
       token_lengths[b, n] = len(prefix)

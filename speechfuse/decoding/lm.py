@@ -110,6 +110,10 @@ class NgramLM:
   def __contains__(self, word: str) -> bool:
     return (word,) in self._ngrams[0]
 
+  def words(self) -> frozenset[str]:
+    """The vocabulary: every unigram but `<s>`, `</s>` and `<unk>` (a lexicon for the CTC search)."""
+    return frozenset(ngram[0] for ngram in self._ngrams[0]) - {BOS, EOS, UNK}
+
   def score(self, history: Sequence[str], word: str) -> float:
     """ln p(word | history), backing off as in the module docstring.
 

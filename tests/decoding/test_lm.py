@@ -174,3 +174,52 @@ def test_token_pieces_mark_word_boundaries_with_spaces():
   assert len(pieces) == spm.vocab_size and pieces[:2] == ["", "\u2047"]
   ids = spm.encode("the cat sat")
   assert "".join(pieces[i] for i in ids).split() == ["the", "cat", "sat"]
+
+
+def test_lm_words_are_its_vocabulary_without_markers(lm):
+  assert lm.words() == {"a", "b", "ab"}
+
+
+@pytest.mark.parametrize("pieces, frames, lexicon", [
+    (["", " ", "a", "b"], 4, {"a", "ba"}),
+    (["", "\u2047", " a", " b", "b"], 3, {"a", "bb"}),
+])
+@pytest.mark.parametrize("lm_weight, word_insertion", [(0.0, 0.0), (0.8, 1.0)])
+def test_lexicon_search_with_a_full_beam_is_exact(lm, pieces, frames, lexicon, lm_weight, word_insertion):
+  # Brute force over the labellings whose words are all lexicon words; the rest (those ending in an open
+  # lexicon prefix) must rank after every complete one.
+  vocab = len(pieces)
+  rng = np.random.default_rng(5)
+  log_probs = np.asarray(jax.nn.log_softmax(2.0 * rng.standard_normal((1, frames, vocab)), axis=-1))
+  beam = sum((vocab - 1) ** n for n in range(frames + 1))
+  result = ctc_prefix_beam_search(log_probs, np.array([frames]), beam=beam, lm=lm, lm_weight=lm_weight,
+                                  word_insertion=word_insertion, pieces=pieces, lexicon=lexicon)
+  text = lambda labelling: "".join(pieces[token] for token in labelling)
+  exact = {labelling: score for labelling, score in
+           _fused_brute_force(log_probs[0], pieces, lm, lm_weight, word_insertion).items()
+           if all(word in lexicon for word in text(labelling).split())}
+  found = hypotheses(result.tokens[0], result.lengths[0], result.scores[0])
+  complete = [y for y in found if all(word in lexicon for word in text(y).split())]
+  assert list(found)[:len(complete)] == complete, "complete hypotheses come first"
+  assert set(complete) == exact.keys()
+  np.testing.assert_allclose([found[y] for y in exact], list(exact.values()), rtol=1e-6)
+  assert complete[0] == max(exact, key=exact.get)
+  prefixes = {word[:i] for word in lexicon for i in range(len(word) + 1)}
+  for y in found:
+    *words, last = text(y).split(" ")
+    assert all(word in lexicon for word in words if word) and last in prefixes
+
+
+def test_the_lexicon_corrects_the_spelling(lm):
+  # The acoustics spell "bb" (not a word); among the lexicon's words "b" is the best path.
+  p = np.array([[.05, .05, .05, .85], [.6, .05, .05, .3], [.05, .05, .05, .85]])
+  pieces = ["", " ", "a", "b"]
+  decode = lambda r: "".join(pieces[t] for t in np.asarray(r.tokens)[0, 0, :int(r.lengths[0, 0])])
+  free = ctc_prefix_beam_search(np.log(p)[None], np.array([3]), beam=4, lm=lm, lm_weight=0.0, pieces=pieces)
+  constrained = ctc_prefix_beam_search(np.log(p)[None], np.array([3]), beam=4, pieces=pieces, lexicon=lm.words())
+  assert (decode(free), decode(constrained)) == ("bb", "b")
+
+
+def test_an_empty_lexicon_is_an_error():
+  with pytest.raises(ValueError, match="lexicon is empty"):
+    ctc_prefix_beam_search(np.zeros((1, 2, 4)), np.array([2]), pieces=["", " ", "a", "b"], lexicon=set())

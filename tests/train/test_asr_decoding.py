@@ -20,6 +20,7 @@ import pytest
 import speech_testlib
 
 from speechfuse import parallel
+from speechfuse.decoding import NgramLM
 from speechfuse.data import inputs
 from speechfuse.eval import results
 from speechfuse.eval.asr import evaluate_asr
@@ -101,6 +102,22 @@ def test_beam_lm_without_lm_terms_is_beam(run):
     assert fused[key]["confidence"] == pytest.approx(record["confidence"], rel=1e-5)
 
 
+def test_beam_lm_with_a_lexicon_writes_only_lm_words(run):
+  config, workdir, params, lm_path = run
+  free = _decoded(config, workdir, params, decoding="beam_lm", beam=4, lm_path=lm_path, lm_weight=0.5)
+  constrained = _decoded(config, workdir, params, decoding="beam_lm", beam=4, lm_path=lm_path, lm_weight=0.5,
+                         lexicon=True)
+  words = NgramLM.from_arpa(lm_path).words()
+  free_words = [w for r in free.values() for w in r["hypothesis"].split()]
+  assert any(w not in words for w in free_words), "the test is not about hypotheses already in the lexicon"
+  prefixes = {word[:i] for word in words for i in range(1, len(word) + 1)}
+  for record in constrained.values():
+    *closed, last = record["hypothesis"].split()
+    # The last word is a lexicon word unless no hypothesis in the beam had finished one (then its prefix).
+    assert all(w in words for w in closed) and last in prefixes
+  assert sum(r["hypothesis"].split()[-1] in words for r in constrained.values()) >= len(constrained) // 2
+
+
 @pytest.mark.parametrize("decoding", ["beam", "beam_lm"])
 def test_evaluate_asr_writes_tables_that_match_the_jsonl(run, decoding):
   config, workdir, params, lm_path = run
@@ -112,7 +129,7 @@ def test_evaluate_asr_writes_tables_that_match_the_jsonl(run, decoding):
   assert json.loads((out_dir / "results.json").read_text()) == table
   expected = {"method": decoding, "beam": 4}
   if decoding == "beam_lm":
-    expected.update(lm_path=lm_path, lm_weight=1.0, word_insertion=0.5)
+    expected.update(lm_path=lm_path, lm_weight=1.0, word_insertion=0.5, lexicon=False)
   assert table["decoding"] == expected
   assert f"Decoding: {decoding} (beam 4" in (out_dir / "results.md").read_text()
   for mode in results.MODES:

@@ -94,6 +94,9 @@ def default_config(name: str = "asr_ctc") -> ml_collections.ConfigDict:
   config.lm_path = ml_collections.config_dict.placeholder(str)  # ARPA word LM, e.g. `speechfuse-prepare lm`
   config.lm_weight = 0.5
   config.word_insertion = 0.0
+  # Lexicon-constrained search (wav2letter's lexicon decoder, k2's HLG): only the LM's words may be output, so
+  # spelling errors cannot (and words outside the LM's vocabulary cannot either).
+  config.lexicon = False
   return config
 
 
@@ -104,7 +107,7 @@ def decoding_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     settings["beam"] = config.task.beam
   if config.task.decoding == "beam_lm":
     settings.update(lm_path=config.task.lm_path, lm_weight=config.task.lm_weight,
-                    word_insertion=config.task.word_insertion)
+                    word_insertion=config.task.word_insertion, lexicon=config.task.lexicon)
   return settings
 
 
@@ -397,7 +400,7 @@ class CTCTask(ASRTask):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
     super().__init__(config, workdir)
-    self._lm = None  # (decoding.NgramLM, token pieces) of config.task.lm_path, read on first use
+    self._lm = None  # (decoding.NgramLM, token pieces, lexicon) of config.task.lm_path, read on first use
 
   def init(self, rng, batch):
     return self._init_from(dict(self.model.init(rng, batch["audio"], batch["audio_lengths"])))
@@ -442,12 +445,13 @@ class CTCTask(ASRTask):
       return out
     task = self.config.task
     if self._lm is None:
-      self._lm = (decoding.NgramLM.from_arpa(task.lm_path), decoding.token_pieces(self.tokenizer))
-    lm, pieces = self._lm
+      lm = decoding.NgramLM.from_arpa(task.lm_path)
+      self._lm = (lm, decoding.token_pieces(self.tokenizer), lm.words() if task.lexicon else None)
+    lm, pieces, lexicon = self._lm
     lengths = np.where(real, out["lengths"], 0)  # padding rows: nothing to search
     best = decoding.ctc_prefix_beam_search(
         out["log_probs"], lengths, beam=task.beam, blank_id=self.tokenizer.blank_id, lm=lm, lm_weight=task.lm_weight,
-        word_insertion=task.word_insertion, pieces=pieces)
+        word_insertion=task.word_insertion, pieces=pieces, lexicon=lexicon)
     aligned = _aligned(out["log_probs"], lengths, best.tokens[:, 0], best.lengths[:, 0], self.tokenizer.blank_id)
     return {**out, **jax.device_get(aligned)}
 
