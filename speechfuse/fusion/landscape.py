@@ -3,9 +3,10 @@
     rows = interpolate(config, workdir, initial_variables(config, workdir), trained)   # alpha 0 .. 1.2
     write_csv({"SL": rows, ...}, "landscape.csv"); plot({"SL": rows, ...}, "landscape.png")
 
-theta(alpha) = (1 - alpha) * theta_0 + alpha * theta for every floating-point variable (parameters and BatchNorm
-running statistics alike), so alpha = 0 is the start and 1 the end exactly; alphas past 1 look "a little beyond"
-the trained model. Each point decodes a corpus split with the recipe's CTC / transducer task and reports what
+theta(alpha) = (1 - alpha) * theta_0 + alpha * theta for every parameter, so alpha = 0 is the start and 1 the end
+exactly; alphas outside [0, 1] look "a little beyond" either end. Non-parameter variables (BatchNorm running
+statistics) are interpolated with alpha clipped to [0, 1]: statistics are not weights, and extrapolated running
+variances turn negative (a NaN model) as soon as the trained variance is below 1 - 1 / alpha of the initial one. Each point decodes a corpus split with the recipe's CTC / transducer task and reports what
 speechfuse.eval.asr reports for a checkpoint: the loss is the task's loss per utterance (the negative
 log-likelihood of the reference, averaged over the feasible utterances, as in training and the results tables),
 with WER and CER beside it.
@@ -82,7 +83,10 @@ def _check_same_layout(start: Mapping[str, Any], end: Mapping[str, Any]) -> None
 
 @jax.jit
 def _mix(alpha: jax.Array, start: Any, end: Any) -> Any:
-  return jax.tree.map(lambda x, y: ((1 - alpha) * x + alpha * y).astype(y.dtype), start, end)
+  """(1 - alpha) * start + alpha * end for "params", with alpha clipped to [0, 1] for the other collections."""
+  mix = lambda a: lambda x, y: ((1 - a) * x + a * y).astype(y.dtype)
+  return {name: jax.tree.map(mix(alpha if name == "params" else jnp.clip(alpha, 0.0, 1.0)), start[name], end[name])
+          for name in end}
 
 
 def interpolate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, start: Mapping[str, Any],

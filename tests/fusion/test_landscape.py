@@ -83,3 +83,18 @@ def test_csv_and_png(tmp_path):
   image = matplotlib.image.imread(landscape.plot(rows, tmp_path / "landscape.png"))
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
   assert landscape.DEFAULT_ALPHAS[0] == 0.0 and landscape.DEFAULT_ALPHAS[-1] == 1.2
+
+
+def test_statistics_are_interpolated_but_not_extrapolated(run):
+  config, workdir, start, end = run
+  assert "batch_stats" in end, "the test needs a model with BatchNorm statistics"
+  # Trained variances a tenth of the initial ones: extrapolated to alpha = 1.25 they would be negative.
+  end = {**end, "batch_stats": jax.tree.map(lambda x, y: 0.1 * x if x.ndim else y, start["batch_stats"],
+                                            end["batch_stats"])}
+  for alpha, stats_alpha in [(-0.25, 0.0), (0.5, 0.5), (1.25, 1.0)]:
+    mixed = landscape._mix(np.float32(alpha), start, end)  # pylint: disable=protected-access
+    for name, weight in [("params", alpha), ("batch_stats", stats_alpha)]:
+      for x, y, z in zip(*(jax.tree.leaves(v[name]) for v in (start, end, mixed))):
+        np.testing.assert_allclose(z, (1 - weight) * x + weight * y, rtol=1e-5, atol=1e-6)
+  rows = landscape.interpolate(config, workdir, start, end, alphas=(-0.25, 1.25), split="dev")
+  assert all(np.isfinite(row["loss"]) for row in rows)
