@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from speechfuse import config as config_lib
-from speechfuse import train
+from speechfuse import fusion, train
 from speechfuse.data import inputs
 from speechfuse.models import ctc
 from speechfuse.text import factory
@@ -74,4 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Cosine to 0 for the short CPU run; Noam (WeNet's warmup + inverse square root) for long runs.
   config.optimizer.schedule = config_lib.by_size(size, tiny="cosine", base="noam", large="noam")
   config.optimizer.weight_decay = 1e-3
+
+  # --mode=fuse: the two exported models of this recipe to fuse (--config.fusion.sl=, .ssl=) and how.
+  config.fusion = fusion.default_config()
   return config

@@ -120,8 +120,7 @@ def ebf_config(otf: ml_collections.ConfigDict, members: tuple[str, str]) -> ml_c
 
 def fuse_config(otf: ml_collections.ConfigDict, sl: str, ssl: str, method: str) -> ml_collections.ConfigDict:
   """The SL recipe with config.fusion: `sl` aligned (method "otf") or not ("direct") onto `ssl`, then averaged."""
-  config = _recipe("asr_conformer_ctc", otf)
-  config.fusion = fusion.default_config()
+  config = _recipe("asr_conformer_ctc", otf)  # its fusion section: fusion.default_config()
   config.fusion.update(otf.fusion)
   config.fusion.update({"sl": sl, "ssl": ssl, "method": method})
   return config

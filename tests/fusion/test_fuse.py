@@ -132,8 +132,10 @@ def test_errors_name_the_problem(members, tmp_path):
     fusion.fuse(_fuse_config(config, sl, ssl, method="blend"), tmp_path)
   with pytest.raises(ValueError, match="config.fusion.solver='simplex' is unknown"):
     fusion.fuse(_fuse_config(config, sl, ssl, solver="simplex"), tmp_path)
+  without_fusion = config.copy_and_resolve_references()
+  del without_fusion["fusion"]
   with pytest.raises(ValueError, match="no fusion section"):
-    fusion.fuse(config, tmp_path)
+    fusion.fuse(without_fusion, tmp_path)
   variables = train.load_variables(ssl)
   variables["params"]["ctc_head"]["bias"] = np.zeros(7, np.float32)
   other = checkpoint.write_variables(tmp_path / "other" / "params", variables)
