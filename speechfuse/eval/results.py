@@ -75,8 +75,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-host only
     sums = np.asarray(multihost_utils.process_allgather(sums)).sum(axis=0)
   # No feasible utterance (every loss infeasible or non-finite, e.g. a broken model): the loss is undefined.
-  summary = {"loss": sums[4] / sums[5] if sums[5] else float("nan"), "wer": sums[0] / max(sums[1], 1), "cer": sums[2] / max(sums[3], 1),
-             "utterances": float(sums[8])}
+  summary = {"loss": sums[4] / sums[5] if sums[5] else float("nan"), "wer": sums[0] / max(sums[1], 1),
+             "cer": sums[2] / max(sums[3], 1), "utterances": float(sums[8])}
   if sums[7]:
     summary["confidence"] = sums[6] / sums[7]
   return summary

@@ -5,11 +5,12 @@
 
 theta(alpha) = (1 - alpha) * theta_0 + alpha * theta for every parameter, so alpha = 0 is the start and 1 the end
 exactly; alphas outside [0, 1] look "a little beyond" either end. Non-parameter variables (BatchNorm running
-statistics) are interpolated with alpha clipped to [0, 1]: statistics are not weights, and extrapolated running
-variances turn negative (a NaN model) as soon as the trained variance is below 1 - 1 / alpha of the initial one. Each point decodes a corpus split with the recipe's CTC / transducer task and reports what
-speechfuse.eval.asr reports for a checkpoint: the loss is the task's loss per utterance (the negative
-log-likelihood of the reference, averaged over the feasible utterances, as in training and the results tables),
-with WER and CER beside it.
+statistics) are interpolated with alpha clipped to [0, 1]: statistics are not weights, and an extrapolated running
+variance turns negative (a NaN model) wherever, at alpha > 1, the trained variance is below (1 - 1 / alpha) times
+the initial one (a fifth of it at alpha = 1.25). Each point decodes a corpus split with the recipe's CTC /
+transducer task and reports what speechfuse.eval.asr reports for a checkpoint: the loss is the task's loss per
+utterance (the negative log-likelihood of the reference, averaged over the feasible utterances, as in training and
+the results tables), with WER and CER beside it.
 
 theta_0 is the model's own initialisation: for a model trained from scratch the random initialisation its run
 started from (`initial_variables`: the same key as the trainer's, from config.seed), for a fine-tuned model the
