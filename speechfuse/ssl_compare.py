@@ -13,13 +13,17 @@ its last checkpoint), each in its own run directory <workdir>/<stage>:
                     utterances in every row); rows "scratch" and one per loss, whose encoder is loaded from that
                     loss's export (task.init_from) and frozen for its first updates
   eval_<row>        speechfuse.run "eval": the test splits, offline and online (the run's results/ folder)
+  probe             every row's encoder at fine-tuning step 0 (random or pre-trained): linear phone-probe
+                    accuracy of the fbank input and of each block's output (speechfuse.ssl.probe), which
+                    shows whether pre-training left phone information where fine-tuning starts from
 Every run starts with the first run's CMVN statistics and every fine-tuning run with the first fine-tuning run's
 tokenizer copied into its directory (the tasks load them when present): the recipes would compute the same ones,
 copying makes it a fact rather than an expectation. Compiled programs are cached in <workdir>/compile_cache (JAX's
 persistent cache): the three fine-tuning runs and their decodings compile once per shape.
 
 Writes <workdir>/results.json (an eval.comparison table, with the job's config) and results.md: the WER / CER
-table of the three rows, then the pre-training table (steps, masked and unmasked dev accuracy).
+table of the three rows, then the pre-training table (steps, masked and unmasked dev accuracy) and the probe
+table (phone accuracy per layer).
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from speechfuse import pipeline, run
+from speechfuse import nn as sf_nn, pipeline, run
 from speechfuse.config import load_config, to_dict
 from speechfuse.eval import comparison
+from speechfuse.fusion import landscape
+from speechfuse.ssl import probe
+from speechfuse.train import tasks
 from speechfuse.train.tasks import asr
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -119,6 +126,20 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
                                  lambda name=name: finetune(name)))
     result.append(pipeline.Stage(f"eval_{name}", f"decode the test splits with the model fine-tuned {what}",
                                  lambda name=name: run.run("eval", config_of(name), run_dir(f"finetune_{name}"))))
+
+  def probe_rows() -> dict[str, Any]:
+    out = {}
+    for name in (SCRATCH, *compare.losses):
+      config, directory = config_of(name), run_dir(f"finetune_{name}")
+      variables = landscape.initial_variables(config, directory)
+      out[name] = {"params": sf_nn.count_params(variables["params"]),
+                   **probe.layer_accuracies(tasks.get_task(config, directory).model, variables, config.data,
+                                            train_utterances=compare.probe.train_utterances,
+                                            eval_utterances=compare.probe.eval_utterances)}
+    return out
+
+  result.append(pipeline.Stage("probe", "probe each row's encoder at fine-tuning step 0 for phones, layer by layer",
+                               probe_rows))
   return result
 
 
@@ -147,6 +168,19 @@ def pretraining_markdown(rows: list[Mapping[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
+  """The rows' "probe" (speechfuse.ssl.probe.layer_accuracies) as Markdown, accuracies in percent."""
+  layers = rows[0]["probe"]["layers"]
+  figures = rows[0]["probe"]
+  lines = [f"Linear phone probe of each layer at fine-tuning step 0 (frame accuracy on {figures['eval_frames']} dev "
+           f"frames, {figures['phones']} phones with silence; fitted on {figures['train_frames']} train frames):", "",
+           "| encoder | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+  for row in rows:
+    encoder = "random (from scratch)" if row["pretraining"] is None else row["method"]
+    lines.append(f"| {encoder} | " + " | ".join(f"{100 * a:.1f}" for a in row["probe"]["accuracy"]) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _write(path: str, text: str) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
@@ -169,11 +203,13 @@ def run_comparison(size: str, workdir: str | os.PathLike, **overrides: Any) -> d
   for name in (SCRATCH, *compare.losses):
     pretrained = outputs.get(f"pretrain_{name}")
     pretraining = None if pretrained is None else {key: pretrained[key] for key in ("steps", *PRETRAIN_METRICS)}
-    rows.append(comparison.row(_label(name), outputs[f"eval_{name}"], None, stage=f"finetune_{name}",
-                               finetune_steps=outputs[f"finetune_{name}"]["steps"], pretraining=pretraining))
+    probed = dict(outputs["probe"][name])
+    rows.append(comparison.row(_label(name), outputs[f"eval_{name}"], probed.pop("params"), stage=f"finetune_{name}",
+                               finetune_steps=outputs[f"finetune_{name}"]["steps"], pretraining=pretraining,
+                               probe=probed))
   table = comparison.make_table(rows, tuple(compare.data.test_splits), title=_caption(compare, outputs))
   results = {**table, "config": to_dict(compare)}
-  text = comparison.markdown(table) + "\n" + pretraining_markdown(rows)
+  text = comparison.markdown(table) + "\n" + pretraining_markdown(rows) + "\n" + probe_markdown(rows)
   _write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
   _write(os.path.join(workdir, "results.md"), text)
   print(text)

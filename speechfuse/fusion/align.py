@@ -15,6 +15,11 @@ For each space in the spec's dependency order:
   5. The plan T becomes the map P = T diag(1/beta) (OTFusion's marginal correction; n * T for uniform beta) and
      moves every axis of the space (output alignment, Eq. 3; biases, norm statistics and conv taps alike).
 
+With rounds > 0 (weights mode), the greedy pass is refined by coordinate descent, Git Re-Basin's weight matching
+(Ainsworth et al., 2023): each space in turn is re-solved from every member of its parts, the source's other axes
+moved by the other spaces' current maps, so a space is matched on the weights that read it as well as on those
+that write it (the greedy pass only sees what is aligned before it, e.g. the residual stream only its writers).
+
 Returns the aligned source, the maps and a report per space: the transport cost <T, D> (T of unit mass), the
 cost of leaving the source as it is (the identity plan), the mean over source units of their largest map entry
 (1 for a permutation; 1/n for a uniform plan) and whether Sinkhorn converged.
@@ -120,7 +125,7 @@ def align_space(space: Space, support: list[tuple[jax.Array, jax.Array]], solver
 
 
 def align(source: Variables, target: Variables, spec: Spec, *, solver: str = "sinkhorn", squared: bool = False,
-          activations: tuple[Mapping[str, jax.Array], Mapping[str, jax.Array]] | None = None,
+          activations: tuple[Mapping[str, jax.Array], Mapping[str, jax.Array]] | None = None, rounds: int = 0,
           **sinkhorn_options) -> tuple[dict, transport.Maps, dict[str, SpaceReport]]:
   """Aligns the source model onto the target model, space by space.
 
@@ -131,6 +136,7 @@ def align(source: Variables, target: Variables, spec: Spec, *, solver: str = "si
     squared: squared Euclidean cost instead of Euclidean.
     activations: None (weights mode) or the source's and the target's {"space/part": [units, samples]} on the
       same inputs (architectures.ctc_activations); parts missing from them fall back to weights.
+    rounds: weight-matching refinement passes over all spaces after the greedy one (weights mode only).
     **sinkhorn_options: epsilon (1e-2), scale_cost ("max_cost"), threshold (1e-3), max_iterations (2000).
 
   Returns:
@@ -138,6 +144,8 @@ def align(source: Variables, target: Variables, spec: Spec, *, solver: str = "si
   """
   if solver not in SOLVERS:
     raise ValueError(f"unknown OT solver {solver!r}; choose from {SOLVERS}")
+  if rounds < 0 or (rounds and activations is not None):
+    raise ValueError(f"rounds={rounds}: weight-matching refinement needs rounds >= 0 and weights mode (no activations)")
   src, tgt = spec_lib.flatten(source), spec_lib.flatten(target)
   spec.validate(src)
   spec.validate(tgt)
@@ -158,4 +166,22 @@ def align(source: Variables, target: Variables, spec: Spec, *, solver: str = "si
         support.append((transport.part_rows(src, space, part, members), transport.part_rows(tgt, space, part, members)))
     maps[space.name], report[space.name] = align_space(space, support, solver, squared, **sinkhorn_options)
     src = transport.apply_space(src, space, maps[space.name])
+  if rounds:
+    src, maps, report = _refine(spec_lib.flatten(source), tgt, spec, maps, rounds, solver, squared, **sinkhorn_options)
   return spec_lib.unflatten(src), maps, report
+
+
+def _refine(src: dict, tgt: dict, spec: Spec, maps: transport.Maps, rounds: int, solver: str, squared: bool,
+            **sinkhorn_options) -> tuple[dict, transport.Maps, dict[str, SpaceReport]]:
+  """Weight matching: `rounds` passes re-solving each space from all its members, the others' maps held fixed.
+
+  src and tgt are flattened variables, src unaligned; returns (src moved by the final maps, maps, reports).
+  """
+  maps, report = dict(maps), {}
+  for _ in range(rounds):
+    for space in spec.spaces:
+      rest = transport.apply(src, spec, {name: m for name, m in maps.items() if name != space.name})
+      support = [(transport.part_rows(rest, space, part, list(part.members)),
+                  transport.part_rows(tgt, space, part, list(part.members))) for part in space.parts]
+      maps[space.name], report[space.name] = align_space(space, support, solver, squared, **sinkhorn_options)
+  return transport.apply(src, spec, maps), maps, report

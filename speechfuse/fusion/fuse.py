@@ -57,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
       "squared": False,  # squared Euclidean cost between units instead of Euclidean (OTFusion)
       "alignment": "weights",  # support points: "weights" (rows of weights) or "activations" (outputs on data)
       "activation_batches": 2,  # training batches whose activations are the support points (alignment=activations)
+      # Weight-matching refinement passes after the greedy layer-by-layer one (weights only; align.align's rounds).
+      "rounds": 0,
       # Sinkhorn only: entropic regularisation relative to the cost after scale_cost, stopping rule.
       "epsilon": 1e-2,
       "scale_cost": "max_cost",
@@ -77,6 +79,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.fusion.alignment={fc.alignment!r} is unknown; choose from {ALIGNMENTS}")
   if not 0.0 <= fc.weight <= 1.0:
     raise ValueError(f"config.fusion.weight={fc.weight} must lie in [0, 1]")
+  if fc.rounds < 0 or (fc.rounds and fc.alignment != "weights"):
+    raise ValueError(f"config.fusion.rounds={fc.rounds}: refinement passes need rounds >= 0 and alignment='weights'")
   if config.model.name != "ctc":
     raise ValueError(f"--mode=fuse fuses CTC models (config.model.name='ctc'), not {config.model.name!r}")
   if config.model.encoder.architecture not in SPECS:
@@ -197,7 +201,7 @@ def fuse(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     fused = otf.direct_average(sl, ssl, fc.weight)
   else:
     spec = SPECS[config.model.encoder.architecture](ssl)
-    options = {"squared": fc.squared}
+    options = {"squared": fc.squared, "rounds": fc.rounds}
     if fc.solver == "sinkhorn":
       options.update(epsilon=fc.epsilon, scale_cost=fc.scale_cost, threshold=fc.threshold,
                      max_iterations=fc.max_iterations)
@@ -210,7 +214,8 @@ def fuse(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
   report = {"method": fc.method, "sl": fc.sl, "ssl": fc.ssl, "weight": fc.weight, "architecture":
             config.model.encoder.architecture, "solver": fc.solver if fc.method == "otf" else None,
             "alignment": fc.alignment if fc.method == "otf" else None,
-            "options": {key: fc[key] for key in ("squared", "epsilon", "scale_cost", "threshold", "max_iterations")},
+            "options": {key: fc[key] for key in ("squared", "rounds", "epsilon", "scale_cost", "threshold",
+                                                "max_iterations")},
             "wall_seconds": time.perf_counter() - start, "spaces": spaces}
   out, tmp = workdir / FUSED_DIR, workdir / f"{FUSED_DIR}.tmp"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -72,3 +72,12 @@ def cases() -> dict[str, CTCCase]:
       "transformer_relative": make_case("transformer", positions="relative"),
       "transformer_absolute": make_case("transformer"),
   }
+
+
+@pytest.fixture(scope="session")
+def other_seed_cases() -> dict[str, CTCCase]:
+  """Models of `cases`' architectures with other weights (seed 1): unrelated members to fuse."""
+  return {
+      "conformer_batch_norm": make_case("conformer", seed=1),
+      "transformer_relative": make_case("transformer", seed=1, positions="relative"),
+  }

@@ -94,6 +94,35 @@ def test_exact_alignment_undoes_a_random_permutation_of_a_conformer(cases, squar
     assert space.cost < 1e-3 * space.identity_cost, name
 
 
+def _matching_distance(source, target) -> float:
+  """Weight matching's objective: the squared distance between two variables dicts, summed over every leaf."""
+  flat_source, flat_target = spec_lib.flatten(source), spec_lib.flatten(target)
+  return sum(float(np.sum((np.asarray(flat_source[p], np.float64) - np.asarray(leaf, np.float64)) ** 2))
+             for p, leaf in flat_target.items())
+
+
+@pytest.mark.parametrize("name", ["conformer_batch_norm", "transformer_relative"])
+def test_weight_matching_rounds_recover_permutations_and_never_increase_the_distance(cases, other_seed_cases, name):
+  case = cases[name]
+  spec = (fusion.conformer_ctc_spec if name.startswith("conformer") else fusion.transformer_ctc_spec)(case.variables)
+  rng = jax.random.key(11)
+  permuted = fusion.random_permutation(case.variables, spec, rng)
+  aligned, maps, _ = align.align(permuted, case.variables, spec, solver="exact", squared=True, rounds=2)
+  for space_name, true in permute.random_maps(spec, rng).items():
+    for p, t in zip(maps[space_name], true):
+      np.testing.assert_array_equal(p, np.asarray(t).T, err_msg=space_name)
+  assert _matching_distance(aligned, case.variables) == 0.0
+  # Two unrelated models: each round re-solves one space exactly with the rest fixed (coordinate descent on the
+  # summed squared distance), so refining can only lower the greedy pass's distance, and here it does.
+  other, source = case.variables, other_seed_cases[name].variables
+  distances = [_matching_distance(align.align(source, other, spec, solver="exact", squared=True, rounds=r)[0], other)
+               for r in (0, 1, 2)]
+  assert distances[2] <= distances[1] * (1 + 1e-6) and distances[1] <= distances[0] * (1 + 1e-6)
+  assert distances[2] < distances[0]
+  with pytest.raises(ValueError, match="rounds=1: .*weights mode"):
+    align.align(source, other, spec, solver="exact", rounds=1, activations=({}, {}))
+
+
 @pytest.mark.parametrize("name", ["conformer_batch_norm", "transformer_relative"])
 def test_activations_mode_undoes_a_random_permutation(cases, name):
   case = cases[name]

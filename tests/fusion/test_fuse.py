@@ -132,6 +132,8 @@ def test_errors_name_the_problem(members, tmp_path):
     fusion.fuse(_fuse_config(config, sl, ssl, method="blend"), tmp_path)
   with pytest.raises(ValueError, match="config.fusion.solver='simplex' is unknown"):
     fusion.fuse(_fuse_config(config, sl, ssl, solver="simplex"), tmp_path)
+  with pytest.raises(ValueError, match="config.fusion.rounds=1: .* alignment='weights'"):
+    fusion.fuse(_fuse_config(config, sl, ssl, rounds=1, alignment="activations"), tmp_path)
   without_fusion = config.copy_and_resolve_references()
   del without_fusion["fusion"]
   with pytest.raises(ValueError, match="no fusion section"):

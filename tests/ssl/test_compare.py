@@ -35,8 +35,17 @@ def test_comparison_runs_every_stage_writes_the_table_and_resumes(tmp_path, monk
       assert all(f["cer"] >= 0.0 and f["wer"] >= 0.0 for f in figures.values())
   assert json.loads((workdir / "results.json").read_text()) == results
   table = (workdir / "results.md").read_text()
-  assert "| from scratch | - |" in table and "test_other CER online" in table
+  params = rows[0]["params"]
+  assert params > 0 and all(row["params"] == params for row in rows)
+  assert f"| from scratch | {params / 1e6:.2f} |" in table and "test_other CER online" in table
   assert "| HuBERT loss pre-trained | 2 |" in table and "| CE loss pre-trained | 2 |" in table
+  # The phone probe of every row's starting encoder: the fbank input, then each block (smoke: 2).
+  for row in rows:
+    assert row["probe"]["layers"] == ["fbank", "block 1", "block 2"]
+    assert all(0.0 <= a <= 1.0 for a in row["probe"]["accuracy"]) and row["probe"]["eval_frames"] > 0
+  assert "| random (from scratch) |" in table and "| CE loss pre-trained | " in table.split("phone probe")[1]
+  # The fbank column probes the same input features in every row.
+  assert len({row["probe"]["accuracy"][0] for row in rows}) == 1
 
   # One CMVN for every run, one tokenizer for every fine-tuning run.
   cmvn = (workdir / "pretrain_hubert" / "cmvn.json").read_bytes()
@@ -63,7 +72,7 @@ def test_stages_and_run_configs_follow_the_job_config(tmp_path):
   compare.data.data_dir = str(tmp_path / "data")
   names = [stage.name for stage in ssl_compare.stages(compare, tmp_path)]
   assert names == ["pretrain_hubert", "pretrain_ce", "finetune_scratch", "eval_scratch", "finetune_hubert",
-                   "eval_hubert", "finetune_ce", "eval_ce"]
+                   "eval_hubert", "finetune_ce", "eval_ce", "probe"]
   for loss in ("hubert", "ce"):
     config = ssl_compare.pretrain_config(compare, loss)
     assert (config.task.name, config.task.loss, config.size) == ("ssl_hubert", loss, "tiny")

@@ -1,0 +1,140 @@
+"""Linear phone probes of an ASR encoder's layers: how much frame-level phone information each block carries.
+
+The SUPERB / HuBERT-paper style of analysis: for each layer (the fbank input, then every encoder block's
+output), a multinomial logistic regression from the layer's frames (standardised) to the phone at the frame's
+centre (`quality.frame_phones`, silence included) is fitted on some training utterances and scored by frame
+accuracy on held-out ones. A pre-trained encoder whose upper blocks score below a random one's has lost the
+information fine-tuning needs (ssl_compare reports this for every row at fine-tuning step 0).
+
+The regression is ours, not scikit-learn's, so that it runs jitted next to the model on the accelerator: full
+batch, L2 on the weights only (scikit-learn's convention), minimised by optax's L-BFGS. tests/ssl/test_probe.py
+checks it against scikit-learn's LogisticRegression.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from speechfuse.data import inputs
+from speechfuse.ssl import quality, targets
+
+
+class Probe(NamedTuple):
+  """mean, std: [dim] standardisation of the training frames; kernel: [dim, classes]; bias: [classes]."""
+  mean: jax.Array
+  std: jax.Array
+  kernel: jax.Array
+  bias: jax.Array
+
+
+def _loss(weights: tuple[jax.Array, jax.Array], x: jax.Array, y: jax.Array, l2: float) -> jax.Array:
+  kernel, bias = weights
+  logits = x @ kernel + bias
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return nll + 0.5 * l2 * jnp.sum(kernel * kernel)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit(x: jax.Array, y: jax.Array, num_classes: int, *, l2: float = 1e-4, steps: int = 100) -> Probe:
+  """Fits a probe to frames x [N, dim] and labels y [N] int in [0, num_classes).
+
+  Minimises mean cross-entropy + l2 / 2 * |kernel|^2, i.e. scikit-learn's LogisticRegression with C = 1 / (l2 N),
+  by `steps` L-BFGS iterations with a zoom line search.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  x = (x - mean) / std
+  weights = (jnp.zeros((x.shape[1], num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
+  loss = functools.partial(_loss, x=x, y=y, l2=l2)
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(loss)
+
+  def step(carry, _):
+    weights, state = carry
+    value, grad = value_and_grad(weights, state=state)
+    updates, state = solver.update(grad, state, weights, value=value, grad=grad, value_fn=loss)
+    return (optax.apply_updates(weights, updates), state), None
+
+  (weights, _), _ = jax.lax.scan(step, (weights, solver.init(weights)), None, length=steps)
+  return Probe(mean, std, *weights)
+
+
+def predict(probe: Probe, x: jax.Array) -> jax.Array:
+  """Class probabilities [N, classes] of frames x [N, dim]."""
+  return jax.nn.softmax(((jnp.asarray(x, jnp.float32) - probe.mean) / probe.std) @ probe.kernel + probe.bias)
+
+
+def accuracy(probe: Probe, x: jax.Array, y: jax.Array) -> float:
+  return float(jnp.mean(jnp.argmax(predict(probe, x), -1) == jnp.asarray(y)))
+
+
+def encoder_layers(module: nn.Module, audio: jax.Array, audio_lengths: jax.Array):
+  """A model with `frontend` and `encoder` -> ((fbank [B, F, mel], block outputs [B, T, d]...), lengths [B])."""
+  features, feature_lengths = module.frontend(audio, audio_lengths)
+  _, lengths, blocks = module.encoder(features, feature_lengths, return_hidden=True)
+  return (features, *blocks), lengths
+
+
+def layer_frames(model: nn.Module, variables: Any, data: ml_collections.ConfigDict, split: str, utterances: int,
+                 phone_ids: dict[str, int], *, batch_size: int = 16,
+                 apply: Callable[..., Any] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+  """Every layer's valid frames and their phones on the first `utterances` of `split`.
+
+  The fbank input (100 Hz) is sampled at the fbank frame nearest each encoder frame's centre, so all layers
+  share the encoder's frames. Batches are padded to whole seconds (few compiled shapes). `apply`: a jitted
+  `model.apply(..., method=encoder_layers)` to reuse across calls (made here if None).
+
+  Returns:
+    (one [frames, dim] array per layer, phone ids [frames]); phone_ids is extended in place.
+  """
+  encoder = model.encoder
+  grid = targets.fbank_grid(data.sample_rate, encoder.subsampling, encoder.subsampling_factor)
+  fbank = targets.mfcc_grid(data.sample_rate)
+  source = inputs.open_split(data, split)
+  if "phonemes" not in source[0]:
+    raise ValueError(f"split {split!r} of {inputs.dataset_path(data)} has no phoneme timings to probe against")
+  apply = apply or jax.jit(functools.partial(model.apply, method=encoder_layers))
+  per_layer: list[list[np.ndarray]] = []
+  phones = []
+  for start in range(0, min(utterances, len(source)), batch_size):
+    records = [source[i] for i in range(start, min(start + batch_size, utterances, len(source)))]
+    width = -(-max(len(r["audio"]) for r in records) // data.sample_rate) * data.sample_rate
+    audio = np.zeros((len(records), width), np.int16)
+    for row, record in enumerate(records):
+      audio[row, :len(record["audio"])] = record["audio"]
+    layers, lengths = jax.device_get(apply(variables, audio, np.array([len(r["audio"]) for r in records], np.int32)))
+    per_layer = per_layer or [[] for _ in layers]
+    for row, record in enumerate(records):
+      centers = grid.centers(int(lengths[row]))
+      phones.append(quality.frame_phones(record["phonemes"], record["phoneme_timings"],
+                                         centers / data.sample_rate, phone_ids))
+      nearest = np.clip(np.round((centers - fbank.first_center) / fbank.hop).astype(int), 0, layers[0].shape[1] - 1)
+      per_layer[0].append(layers[0][row, nearest])
+      for out, layer in zip(per_layer[1:], layers[1:]):
+        out.append(layer[row, :len(centers)])
+  return [np.concatenate(frames) for frames in per_layer], np.concatenate(phones)
+
+
+def layer_accuracies(model: nn.Module, variables: Any, data: ml_collections.ConfigDict, *,
+                     train_utterances: int = 300, eval_utterances: int = 120, l2: float = 1e-4) -> dict[str, Any]:
+  """Probes every layer: fitted on the train split's first utterances, scored on the eval split's.
+
+  Returns:
+    {"layers": ["fbank", "block 1", ...], "accuracy": [frame accuracy per layer], "phones", "train_frames",
+     "eval_frames"}.
+  """
+  phone_ids: dict[str, int] = {}
+  apply = jax.jit(functools.partial(model.apply, method=encoder_layers))
+  train_x, train_y = layer_frames(model, variables, data, data.train_split, train_utterances, phone_ids, apply=apply)
+  eval_x, eval_y = layer_frames(model, variables, data, data.eval_split, eval_utterances, phone_ids, apply=apply)
+  scores = [accuracy(fit(x, train_y, len(phone_ids), l2=l2), ex, eval_y) for x, ex in zip(train_x, eval_x)]
+  return {"layers": ["fbank"] + [f"block {i}" for i in range(1, len(scores))], "accuracy": scores,
+          "phones": len(phone_ids), "train_frames": len(train_y), "eval_frames": len(eval_y)}

@@ -1,0 +1,60 @@
+"""Tests of speechfuse.ssl.probe: the regression against scikit-learn, frames and phones against the encoder."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import ssl_testlib
+from sklearn import linear_model
+
+from speechfuse import audio, models
+from speechfuse.data import inputs
+from speechfuse.models import ctc
+from speechfuse.ssl import probe, quality, targets
+
+
+def test_fit_matches_scikit_learn_logistic_regression():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 6)) * 1.5
+  y = rng.integers(0, 4, 600)
+  x = (centres[y] + rng.normal(size=(600, 6))) * rng.uniform(0.1, 10.0, 6) + rng.normal(size=6) * 3
+  l2 = 1e-2
+  fitted = probe.fit(x, y, 4, l2=l2, steps=100)
+  standardised = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  reference = linear_model.LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000).fit(standardised, y)
+  np.testing.assert_allclose(probe.predict(fitted, x), reference.predict_proba(standardised), atol=1e-4)
+  assert probe.accuracy(fitted, x, y) == pytest.approx(reference.score(standardised, y))
+
+
+def test_layer_frames_line_up_with_the_encoder_and_the_phone_timings(tmp_path):
+  dataset = ssl_testlib.write_tone_dataset(tmp_path)
+  data = inputs.default_config()
+  data.corpus, data.train_split, data.eval_split = str(dataset), "train", "dev"
+  config = ctc.default_config("conformer", "smoke")
+  config.encoder.num_blocks = 2
+  stats = audio.CMVNStats(np.zeros(80), np.full(80, 1e6), 100)
+  model = models.get_model(config, dtype=jnp.float32, vocab_size=5, cmvn=stats)
+  variables = model.init(jax.random.key(0), np.zeros((1, 16000), np.int16), np.array([16000], np.int32))
+  phone_ids = {}
+  layers, phones = probe.layer_frames(model, variables, data, "train", 4, phone_ids, batch_size=3)
+  grid = targets.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
+  records = [inputs.open_split(data, "train")[i] for i in range(4)]
+  frames = [grid.frame_count(len(r["audio"])) for r in records]
+  assert [x.shape for x in layers] == [(sum(frames), 80)] + [(sum(frames), config.encoder.d_model)] * 2
+  # Each frame's phone is the one under its centre, utterance by utterance in order.
+  expected = np.concatenate([quality.frame_phones(r["phonemes"], r["phoneme_timings"],
+                                                        grid.centers(n) / 16000, dict(phone_ids))
+                             for r, n in zip(records, frames)])
+  np.testing.assert_array_equal(phones, expected)
+  assert set(phone_ids) <= set(ssl_testlib.PHONES) | {quality.SILENCE}
+  # The fbank layer holds the frontend's frames nearest each encoder frame: the same utterance, apply alone.
+  features, _ = model.apply(variables, records[1]["audio"][None], np.array([len(records[1]["audio"])]),
+                            method=lambda m, a, n: m.frontend(a, n))
+  start = frames[0]
+  nearest = np.round((grid.centers(frames[1]) - 200) / 160).astype(int)
+  np.testing.assert_allclose(layers[0][start:start + frames[1]], np.asarray(features)[0, nearest], atol=1e-4)
+  # Tones are linearly separable from the log-mel frames: the probe finds them on held-out utterances.
+  scores = probe.layer_accuracies(model, variables, data, train_utterances=6, eval_utterances=3)
+  assert scores["layers"] == ["fbank", "block 1", "block 2"] and scores["accuracy"][0] > 0.9, scores
