@@ -131,9 +131,10 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
     out = {}
     for name in (SCRATCH, *compare.losses):
       config, directory = config_of(name), run_dir(f"finetune_{name}")
-      variables = landscape.initial_variables(config, directory)
+      task = tasks.get_task(config, directory)
+      variables = landscape.initial_variables(config, directory, task)
       out[name] = {"params": sf_nn.count_params(variables["params"]),
-                   **probe.layer_accuracies(tasks.get_task(config, directory).model, variables, config.data,
+                   **probe.layer_accuracies(task.model, variables, config.data,
                                             train_utterances=compare.probe.train_utterances,
                                             eval_utterances=compare.probe.eval_utterances)}
     return out

@@ -55,17 +55,19 @@ def _asr_task(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   return task
 
 
-def initial_variables(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+def initial_variables(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                      task: asr.ASRTask | None = None) -> dict[str, Any]:
   """The variables a run of `config` starts from, without training: theta_0 of its landscape.
 
   The trainer initialises with the first half of jax.random.split(PRNGKey(config.seed)) (train/state.py), so
   this equals the step-0 state of `launch/main.py --mode=train` with the same config (task.init_from applied).
-  `workdir` supplies the run's tokenizer and CMVN statistics (created there if absent).
+  `workdir` supplies the run's tokenizer and CMVN statistics (created there if absent); `task`, the run's task
+  when the caller has built it already.
 
   Returns:
     {"params": ..., other collections} as plain arrays.
   """
-  task = _asr_task(config, workdir)
+  task = task or _asr_task(config, workdir)
   example = state_lib.example_batch(next(task.make_input("train", seed=config.seed, shard_index=0, shard_count=1)))
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   return jax.jit(lambda rng, batch: nn.unbox(task.init(rng, batch)))(init_rng, example)
