@@ -171,8 +171,8 @@ def pretraining_markdown(rows: list[Mapping[str, Any]]) -> str:
 
 def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
   """The rows' "probe" (speechfuse.ssl.probe.layer_accuracies) as Markdown, accuracies in percent."""
-  layers = rows[0]["probe"]["layers"]
   figures = rows[0]["probe"]
+  layers = figures["layers"]
   lines = [f"Linear phone probe of each layer at fine-tuning step 0 (frame accuracy on {figures['eval_frames']} dev "
            f"frames, {figures['phones']} phones with silence; fitted on {figures['train_frames']} train frames):", "",
            "| encoder | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
