@@ -6,7 +6,7 @@ This is a pipeline config, not a trainer config: `speechfuse.quickstart.run_otf(
 runs the member recipes below through the trainer, one stage at a time (launch/main.py runs single recipes and
 does not take it). Stages, each in <workdir>/<stage>:
   sl               configs/asr_conformer_ctc.py from scratch on the labeled train split          -> row SL
-  ssl_pretrain     configs/ssl_hubert.py (Conformer backbone, same encoder) on the same audio
+  ssl_pretrain     configs/ssl_hubert.py (Conformer backbone, same encoder, loss ssl_loss) on the same audio
   ssl_finetune     configs/finetune_ctc.py from that encoder, on the SAME labeled data (train_fraction 1.0)
                                                                                                  -> row SSL
   sl_mft, ssl_mft  each member continued for mft.fraction of its schedule                       -> + MFT rows
@@ -53,13 +53,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Training steps of each stage. The SL and SSL models get the same labeled schedule, as in the paper (200
   # epochs each). From scratch, character CTC leaves the all-blank plateau only after ~300 steps (a 400-step SL
   # run ends at 68 % dev CER), so SL gets 700 steps (~2.9 epochs of the `small` corpus; its own recipe: 1,600).
-  # Measured at tiny on the 2-core CPU with the corpus already built (2026-11-21): 45.3 minutes in all, SL 12.1,
-  # SSL pre-training (k-means targets included) 5.3, SSL fine-tuning 11.4, the three MFT runs 2.3-3.6 each, full
-  # FT 3.5, EBF 2.8, each fusion 0.6 and the landscape 0.6 (every stage includes compiling and decoding the test
-  # splits offline and online). Building the corpus on first use adds a few minutes.
+  # Measured at tiny on the 2-core CPU, quiet, stage by stage (2026-11-21; every stage includes compiling and
+  # decoding the test splits offline and online): SL 12.1 minutes, SSL pre-training 16.0 (600 steps at 0.70/s),
+  # SSL fine-tuning 11.4, the three MFT runs 2.3-3.6 each, full FT 3.5, EBF 2.8, each fusion 0.6 and the
+  # landscape 0.6: 56 minutes with the corpus built; on a fresh machine building it adds 1.3 and its k-means
+  # targets 0.3, so about 58.
   config.steps = ml_collections.ConfigDict({
       "sl": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
-      "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=150, base=400_000, large=400_000),
+      # Masked prediction must run past its early phase, where the upper blocks collapse onto the targets'
+      # prior (speechfuse.ssl.probe: after 150 HuBERT steps block 6 carried 8 % phone accuracy, a random
+      # encoder 44 %, and that SSL member ended at 62 % CER). CE-loss dev masked accuracy takes off between
+      # steps 300 and 600 (configs/ssl_compare.py), hence 600 steps of the CE loss at tiny.
+      "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=600, base=400_000, large=400_000),
       "ssl_finetune": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
       # Direct Avg + full FT: the paper fine-tunes the averaged model fully; at tiny 100 steps, about the
       # MFT budget (105), so the row shows what the same fine-tuning buys a broken average.
@@ -71,8 +76,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   no_value = ml_collections.config_dict.placeholder(int)
   config.warmup_steps = ml_collections.ConfigDict({
       "sl": config_lib.by_size(size, smoke=1, tiny=150, base=no_value, large=no_value),
-      "ssl_pretrain": config_lib.by_size(size, smoke=1, tiny=30, base=no_value, large=no_value),
+      "ssl_pretrain": config_lib.by_size(size, smoke=1, tiny=120, base=no_value, large=no_value),
       "ssl_finetune": config_lib.by_size(size, smoke=1, tiny=150, base=no_value, large=no_value),
+  })
+
+  # The SSL member's pre-training loss (configs/ssl_hubert.py's loss=): k2SSL's plain cross-entropy at the CPU
+  # sizes, where HuBERT's cosine loss leaves its early phase too late (dev masked accuracy 10 % after 900 steps,
+  # CE 39 %: its uniform [0, 1) label embeddings start nearly parallel); HuBERT's own at base and large.
+  config.ssl_loss = config_lib.by_size(size, smoke="ce", tiny="ce", base="hubert", large="hubert")
+  # SSL fine-tuning's learning rate and frozen-encoder steps (None: configs/finetune_ctc.py's). At tiny the SL
+  # recipe's 2e-3 and no freeze: from a CE-pre-trained encoder, 400 steps on 10 % of the labels ended at dev loss
+  # 123 against 131 with 1e-3 and 25 frozen steps (configs/ssl_compare.py's fine-tuning).
+  no_rate = ml_collections.config_dict.placeholder(float)
+  config.ssl_finetune = ml_collections.ConfigDict({
+      "learning_rate": config_lib.by_size(size, smoke=no_rate, tiny=2e-3, base=no_rate, large=no_rate),
+      "freeze_encoder_steps": config_lib.by_size(size, smoke=no_value, tiny=0, base=no_value, large=no_value),
   })
 
   # Moderate fine-tuning: SL + MFT, SSL + MFT and OTF's MFT each run fraction x the schedule of the model they

@@ -32,29 +32,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # tiny on 2 CPU cores (measured interleaved on one 4 s batch shape, CPU-seconds per step): a pre-training step
   # of the recipe's 80 s batches costs 2.5 (HuBERT and CE alike), a CTC fine-tuning step of its 40 s batches 1.3,
-  # so about 1.5 s and 0.8 s of wall time on a quiet machine. Pre-training must run past its early phase: with
-  # 300 steps (the cosine schedule ending at 300) the CE loss's dev masked accuracy was 13% and the encoder's upper
-  # blocks had lost the phone information of a random one (probe: block 6 at 25%, random 44%), so fine-tuning
-  # from it was worse than from scratch. Run on, the CE accuracy takes off: 10% at step 300, 33% at 600, 39% at
-  # 900 (900-step schedule), every block then above random on the probe. Hence 900 steps (~23 min per loss),
-  # although fine-tuning from that encoder still stalls (train loss ~150 from step 200 on, scratch 106 at 400;
-  # test_clean CER 71.5 vs 49.6, test_other 73.1 vs 73.2), which the fine-tuning recipe has yet to fix. The
-  # HuBERT loss is slower (10% at 900): its label embeddings start nearly parallel (uniform [0, 1) init, as
-  # fairseq; mean cosine 0.75, still 0.70 at step 900), so its cosine logits barely separate. From scratch,
-  # character CTC needs ~300 steps to leave the all-blank plateau (the tiny CTC recipe's curve), so the
-  # fine-tuning runs get 400 steps with an 80-step warm-up (~6 min each). With compilation (six buckets, ~20 s
-  # each, cached across runs), the k-means targets, the CMVN statistics, decoding and the probes: about 75 minutes.
+  # so about 1.5 s and 0.8 s of wall time on a quiet machine.
+  # Pre-training must run past its early phase, where masked prediction fits the targets' prior and the upper
+  # blocks lose the phone information of a random encoder (speechfuse.ssl.probe: CE loss, block 6 at 33% after
+  # 300 steps, random 44%); the CE loss's dev masked accuracy takes off between steps 300 and 600. Its warm-up
+  # matters as much: with 30 warm-up steps at the recipe's 2e-3, the middle blocks' self-attention collapsed onto
+  # each frame's neighbours (entropy 0.97 nats, mean reach 3 frames, against 4.8 and 57 at random init; by step
+  # 600) and fine-tuning from that encoder stalled (train loss ~150 from step 200, scratch 106 at step 400); with
+  # 120 (20% of a 600-step schedule) the attention kept its reach (entropy >= 1.8 nats, 15-31 frames) and
+  # fine-tuning from it went ahead of scratch (train loss 101 at step 300, scratch 136). The HuBERT loss is slower
+  # (dev masked accuracy 10% after 900 steps, CE 39%): its label embeddings start nearly parallel (uniform [0, 1)
+  # init, as fairseq; mean cosine 0.75), so its cosine logits barely separate the classes.
+  # From scratch, character CTC needs ~300 steps to leave the all-blank plateau, so the fine-tuning runs get 400
+  # steps with an 80-step warm-up (~6 min each), at the SL recipe's 2e-3 with no frozen steps: from the collapsed
+  # encoder the fine-tuning recipe's 1e-3 and 25 frozen steps ended at dev loss 131, 2e-3 and none at 123. With
+  # compilation (cached across runs), the k-means targets, the CMVN statistics, decoding and the probes: about an
+  # hour.
   no_value = ml_collections.config_dict.placeholder(int)  # base / large: the recipe's own value
+  no_rate = ml_collections.config_dict.placeholder(float)
   config.pretrain = ml_collections.ConfigDict({
-      "steps": config_lib.by_size(size, smoke=2, tiny=900, base=no_value, large=no_value),
+      "steps": config_lib.by_size(size, smoke=2, tiny=600, base=no_value, large=no_value),
       # The recipe's 200 is made for its 2,000 steps.
-      "warmup_steps": config_lib.by_size(size, smoke=1, tiny=30, base=no_value, large=no_value),
+      "warmup_steps": config_lib.by_size(size, smoke=1, tiny=120, base=no_value, large=no_value),
   })
   config.finetune = ml_collections.ConfigDict({
       "steps": config_lib.by_size(size, smoke=2, tiny=400, base=no_value, large=no_value),
       "warmup_steps": config_lib.by_size(size, smoke=1, tiny=80, base=no_value, large=no_value),
+      "learning_rate": config_lib.by_size(size, smoke=no_rate, tiny=2e-3, base=no_rate, large=no_rate),
       # The pre-trained rows' encoder stays frozen while the new CTC head warms up (the scratch row: never).
-      "freeze_encoder_steps": config_lib.by_size(size, smoke=1, tiny=25, base=no_value, large=no_value),
+      "freeze_encoder_steps": config_lib.by_size(size, smoke=1, tiny=0, base=no_value, large=no_value),
       "train_fraction": 0.1,  # the labeled subset: the same utterances in every row
   })
   # The phone probe of every row's starting encoder (speechfuse.ssl.probe): utterances it is fitted / scored on

@@ -54,9 +54,11 @@ ROWS = (("SL", "sl"), ("SL + MFT", "sl_mft"), ("SSL", "ssl_finetune"), ("SSL + M
         ("+ MFT = OTF", "otf"), ("SBF", "sbf"), ("EBF", "ebf"), ("upper bound", "upper_bound"))
 
 
-def _recipe(name: str, otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """configs/<name>.py at the pipeline's member size, reading the pipeline's corpus."""
-  config = load_config(f"{CONFIGS / name}.py:{otf.member_size}")
+def _recipe(name: str, otf: ml_collections.ConfigDict, **args: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py at the pipeline's member size (and the recipe's other `args`), reading the pipeline's
+  corpus."""
+  arg = ",".join([otf.member_size] + [f"{key}={value}" for key, value in args.items()])
+  config = load_config(f"{CONFIGS / name}.py:{arg}")
   config.data.update(otf.data)
   return config
 
@@ -81,15 +83,20 @@ def sl_config(otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def pretrain_config(otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """configs/ssl_hubert.py (HuBERT loss, the Conformer of the SL recipe) for steps.ssl_pretrain."""
-  config = _schedule(_recipe("ssl_hubert", otf), otf.steps.ssl_pretrain, otf.warmup_steps.ssl_pretrain)
+  """configs/ssl_hubert.py (the Conformer of the SL recipe, loss `ssl_loss`) for steps.ssl_pretrain."""
+  config = _schedule(_recipe("ssl_hubert", otf, loss=otf.ssl_loss), otf.steps.ssl_pretrain,
+                     otf.warmup_steps.ssl_pretrain)
   config.seed = otf.seeds.ssl
   return config
 
 
 def finetune_config(otf: ml_collections.ConfigDict, pretrained: str) -> ml_collections.ConfigDict:
-  """configs/finetune_ctc.py from the `pretrained` encoder, on all the labeled data SL trains on."""
-  config = _schedule(_recipe("finetune_ctc", otf), otf.steps.ssl_finetune, otf.warmup_steps.ssl_finetune)
+  """configs/finetune_ctc.py from the `pretrained` encoder, on all the labeled data SL trains on, with
+  ssl_finetune's learning rate and frozen-encoder steps where set."""
+  config = _schedule(_recipe("finetune_ctc", otf), otf.steps.ssl_finetune, otf.warmup_steps.ssl_finetune,
+                     otf.ssl_finetune.learning_rate)
+  if otf.ssl_finetune.freeze_encoder_steps is not None:
+    config.task.freeze_encoder_steps = otf.ssl_finetune.freeze_encoder_steps
   config.data.train_fraction = 1.0
   config.task.init_from = pretrained
   config.seed = otf.seeds.ssl
@@ -199,7 +206,7 @@ def stages(otf: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[p
   return [
       pipeline.Stage("sl", "SL: train the Conformer-CTC from scratch, export, decode the test splits",
                      lambda: trained("sl", sl_config(otf))),
-      pipeline.Stage("ssl_pretrain", "SSL: pre-train the same Conformer with HuBERT's loss on the train audio",
+      pipeline.Stage("ssl_pretrain", f"SSL: pre-train the same Conformer ({otf.ssl_loss} loss) on the train audio",
                      lambda: train_export(pretrain_config(otf), "ssl_pretrain")),
       pipeline.Stage("ssl_finetune", "SSL: fine-tune it with CTC on the SL model's labeled data, decode",
                      lambda: trained("ssl_finetune", finetune_config(otf, exported("ssl_pretrain")))),
@@ -231,10 +238,11 @@ def _caption(otf: ml_collections.ConfigDict) -> str:
   steps = otf.steps
   corpus = f"the built-in {otf.data.builtin_size} corpus" if otf.data.corpus == "builtin" else otf.data.corpus
   return (f"OTF on {corpus} ({otf.size}; members {otf.member_size}): SL {steps.sl} steps; SSL "
-          f"{steps.ssl_pretrain} pre-training + {steps.ssl_finetune} fine-tuning steps on the same labeled data; "
-          f"MFT {100 * otf.mft.fraction:g}% of a schedule; full FT {steps.full_ft}, EBF {steps.ebf} steps; fusion "
-          f"{otf.fusion.solver} (epsilon {otf.fusion.epsilon}), SSL weight {otf.fusion.weight}. WER / CER in %, "
-          "offline (full context) and online (chunked attention); SBF, EBF and the upper bound run both models.")
+          f"{steps.ssl_pretrain} pre-training ({otf.ssl_loss} loss) + {steps.ssl_finetune} fine-tuning steps on the "
+          f"same labeled data; MFT {100 * otf.mft.fraction:g}% of a schedule; full FT {steps.full_ft}, EBF "
+          f"{steps.ebf} steps; fusion {otf.fusion.solver} (epsilon {otf.fusion.epsilon}), SSL weight "
+          f"{otf.fusion.weight}. WER / CER in %, offline (full context) and online (chunked attention); SBF, EBF "
+          "and the upper bound run both models.")
 
 
 def run_otf(otf: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

@@ -15,7 +15,8 @@ its last checkpoint), each in its own run directory <workdir>/<stage>:
   eval_<row>        speechfuse.run "eval": the test splits, offline and online (the run's results/ folder)
   probe             every row's encoder at fine-tuning step 0 (random or pre-trained): linear phone-probe
                     accuracy of the fbank input and of each block's output (speechfuse.ssl.probe), which
-                    shows whether pre-training left phone information where fine-tuning starts from
+                    shows whether pre-training left phone information where fine-tuning starts from, and
+                    each block's self-attention entropy and reach (probe.attention_statistics)
 Every run starts with the first run's CMVN statistics and every fine-tuning run with the first fine-tuning run's
 tokenizer copied into its directory (the tasks load them when present): the recipes would compute the same ones,
 copying makes it a fact rather than an expectation. Compiled programs are cached in <workdir>/compile_cache (JAX's
@@ -23,7 +24,7 @@ persistent cache): the three fine-tuning runs and their decodings compile once p
 
 Writes <workdir>/results.json (an eval.comparison table, with the job's config) and results.md: the WER / CER
 table of the three rows, then the pre-training table (steps, masked and unmasked dev accuracy) and the probe
-table (phone accuracy per layer).
+table (phone accuracy per layer, attention entropy and distance per block).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def finetune_config(compare: ml_collections.ConfigDict, init_from: str | None) -
   """configs/finetune_ctc.py at the job's size and labeled fraction, from `init_from` (None: from scratch)."""
   config = _recipe("finetune_ctc", f"{compare.size},train_fraction={compare.finetune.train_fraction}", compare)
   _budget(config, compare.finetune.steps, compare.finetune.warmup_steps)
+  if compare.finetune.learning_rate is not None:
+    config.optimizer.learning_rate = compare.finetune.learning_rate
   config.task.init_from = init_from
   if compare.finetune.freeze_encoder_steps is not None:
     config.task.freeze_encoder_steps = compare.finetune.freeze_encoder_steps
@@ -136,7 +139,10 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
       out[name] = {"params": sf_nn.count_params(variables["params"]),
                    **probe.layer_accuracies(task.model, variables, config.data,
                                             train_utterances=compare.probe.train_utterances,
-                                            eval_utterances=compare.probe.eval_utterances)}
+                                            eval_utterances=compare.probe.eval_utterances),
+                   "attention": probe.attention_statistics(task.model, variables, config.data,
+                                                           config.data.eval_split,
+                                                           utterances=compare.probe.eval_utterances)}
     return out
 
   result.append(pipeline.Stage("probe", "probe each row's encoder at fine-tuning step 0 for phones, layer by layer",
@@ -170,7 +176,8 @@ def pretraining_markdown(rows: list[Mapping[str, Any]]) -> str:
 
 
 def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
-  """The rows' "probe" (speechfuse.ssl.probe.layer_accuracies) as Markdown, accuracies in percent."""
+  """The rows' "probe" (speechfuse.ssl.probe.layer_accuracies and its "attention": attention_statistics) as
+  Markdown, accuracies in percent."""
   figures = rows[0]["probe"]
   layers = figures["layers"]
   lines = [f"Linear phone probe of each layer at fine-tuning step 0 (frame accuracy on {figures['eval_frames']} dev "
@@ -179,6 +186,16 @@ def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
   for row in rows:
     encoder = "random (from scratch)" if row["pretraining"] is None else row["method"]
     lines.append(f"| {encoder} | " + " | ".join(f"{100 * a:.1f}" for a in row["probe"]["accuracy"]) + " |")
+  attention = figures["attention"]
+  lines += ["", f"Self-attention of each block at fine-tuning step 0 on dev: entropy of a query's attention in nats "
+            f"(uniform over the utterance: {attention['uniform_entropy']:.2f}) / mean distance to the frames it "
+            "attends, in encoder frames:", "",
+            "| encoder | " + " | ".join(layers[1:]) + " |", "|---" * len(layers) + "|"]
+  for row in rows:
+    encoder = "random (from scratch)" if row["pretraining"] is None else row["method"]
+    stats = row["probe"]["attention"]
+    lines.append(f"| {encoder} | " + " | ".join(f"{e:.2f} / {d:.1f}" for e, d in zip(stats["entropy"],
+                                                                                   stats["distance"])) + " |")
   return "\n".join(lines) + "\n"
 
 

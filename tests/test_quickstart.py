@@ -49,6 +49,12 @@ def test_member_configs_read_one_corpus_and_follow_the_budgets(size):
   # The same encoder (parameter layout); pre-training just does not train with dynamic chunks.
   encoder = lambda config: {k: v for k, v in config.model.encoder.items() if k != "dynamic_chunk_training"}
   assert pretrain.model.backbone == "conformer" and encoder(pretrain) == encoder(sl)
+  assert pretrain.task.loss == otf.ssl_loss
+  # ssl_finetune's options replace the fine-tuning recipe's where set.
+  recipe = load_config(f"{quickstart.CONFIGS / 'finetune_ctc.py'}:{otf.member_size}")
+  rate, freeze = otf.ssl_finetune.learning_rate, otf.ssl_finetune.freeze_encoder_steps
+  assert ssl.optimizer.learning_rate == (recipe.optimizer.learning_rate if rate is None else rate)
+  assert ssl.task.freeze_encoder_steps == (recipe.task.freeze_encoder_steps if freeze is None else freeze)
   assert mft.total_steps == max(1, round(otf.mft.fraction * otf.steps.sl))
   assert mft.optimizer.learning_rate == otf.mft.learning_rate and full.optimizer.learning_rate == \
       sl.optimizer.learning_rate

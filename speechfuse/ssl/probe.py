@@ -6,6 +6,10 @@ centre (`quality.frame_phones`, silence included) is fitted on some training utt
 accuracy on held-out ones. A pre-trained encoder whose upper blocks score below a random one's has lost the
 information fine-tuning needs (ssl_compare reports this for every row at fine-tuning step 0).
 
+`attention_statistics` measures the other half of what a pre-trained encoder hands to fine-tuning: per block,
+the entropy of its self-attention and how far it looks. An encoder whose attention has collapsed onto a frame's
+own neighbourhood keeps phone information (the probe) yet lost the context a random encoder starts from.
+
 The regression is ours, not scikit-learn's, so that it runs jitted next to the model on the accelerator: full
 batch, L2 on the weights only (scikit-learn's convention), minimised by optax's L-BFGS. tests/ssl/test_probe.py
 checks it against scikit-learn's LogisticRegression.
@@ -14,6 +18,7 @@ checks it against scikit-learn's LogisticRegression.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -24,6 +29,7 @@ import numpy as np
 import optax
 
 from speechfuse.data import inputs
+from speechfuse.nn import attention
 from speechfuse.ssl import quality, targets
 
 
@@ -138,3 +144,53 @@ def layer_accuracies(model: nn.Module, variables: Any, data: ml_collections.Conf
   scores = [accuracy(fit(x, train_y, len(phone_ids), l2=l2), ex, eval_y) for x, ex in zip(train_x, eval_x)]
   return {"layers": ["fbank"] + [f"block {i}" for i in range(1, len(scores))], "accuracy": scores,
           "phones": len(phone_ids), "train_frames": len(train_y), "eval_frames": len(eval_y)}
+
+
+def _attention_probs(module: nn.Module, _: str) -> bool:
+  """capture_intermediates filter: the attention-probability dropout inside every self-attention layer."""
+  return isinstance(module, nn.Dropout) and isinstance(module.parent, attention.MultiHeadSelfAttention)
+
+
+def _block_order(path: str) -> list[Any]:
+  """Sort key that puts blocks_10 after blocks_9."""
+  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def attention_statistics(model: nn.Module, variables: Any, data: ml_collections.ConfigDict, split: str, *,
+                         utterances: int = 32, batch_size: int = 16) -> dict[str, Any]:
+  """Per self-attention layer (full context, eval mode) on the first `utterances` of `split`: the mean entropy
+  of a query's attention distribution (nats; a uniform one over L frames has log L) and the mean distance
+  |query - key| in encoder frames it attends over, averaged over heads and valid query frames.
+
+  Returns:
+    {"layers": the attention layers' module paths in depth order, "entropy": [...], "distance": [...],
+     "uniform_entropy": mean log(valid frames) over the same queries (the random-init reference)}.
+  """
+  apply = jax.jit(functools.partial(model.apply, method=encoder_layers, capture_intermediates=_attention_probs,
+                                    mutable=["intermediates"]))
+  source = inputs.open_split(data, split)
+  sums: dict[str, np.ndarray] = {}
+  queries, uniform = 0, 0.0
+  for start in range(0, min(utterances, len(source)), batch_size):
+    records = [source[i] for i in range(start, min(start + batch_size, utterances, len(source)))]
+    width = -(-max(len(r["audio"]) for r in records) // data.sample_rate) * data.sample_rate
+    audio = np.zeros((len(records), width), np.int16)
+    for row, record in enumerate(records):
+      audio[row, :len(record["audio"])] = record["audio"]
+    ((_, lengths), state) = apply(variables, audio, np.array([len(r["audio"]) for r in records], np.int32))
+    lengths = np.asarray(lengths)
+    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state["intermediates"]))[0]
+    for path, probs in flat:  # probs: [batch, heads, query, key]
+      name = "/".join(str(getattr(key, "key", key)) for key in path[:-3])  # drop Dropout_i/__call__/0
+      time = probs.shape[-1]
+      valid = np.arange(time)[None, :] < lengths[:, None]  # [batch, query]
+      entropy = -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=-1)  # [batch, heads, query]
+      distance = np.sum(probs * np.abs(np.arange(time)[None, :] - np.arange(time)[:, None]), axis=-1)
+      weights = np.broadcast_to(valid[:, None, :], entropy.shape)
+      sums[name] = sums.get(name, np.zeros(2)) + [np.sum(entropy * weights), np.sum(distance * weights)]
+    heads = flat[0][1].shape[1]
+    queries += int(np.sum(lengths)) * heads
+    uniform += float(np.sum(lengths * np.log(np.maximum(lengths, 1)))) * heads
+  names = sorted(sums, key=_block_order)
+  return {"layers": names, "entropy": [float(sums[n][0] / queries) for n in names],
+          "distance": [float(sums[n][1] / queries) for n in names], "uniform_entropy": uniform / queries}

@@ -46,6 +46,10 @@ def test_comparison_runs_every_stage_writes_the_table_and_resumes(tmp_path, monk
   assert "| random (from scratch) |" in table and "| CE loss pre-trained | " in table.split("phone probe")[1]
   # The fbank column probes the same input features in every row.
   assert len({row["probe"]["accuracy"][0] for row in rows}) == 1
+  # Each block's self-attention statistics (smoke: 2 blocks), per row.
+  for row in rows:
+    assert len(row["probe"]["attention"]["entropy"]) == len(row["probe"]["attention"]["distance"]) == 2
+  assert "| CE loss pre-trained | " in table.split("Self-attention")[1]
 
   # One CMVN for every run, one tokenizer for every fine-tuning run.
   cmvn = (workdir / "pretrain_hubert" / "cmvn.json").read_bytes()

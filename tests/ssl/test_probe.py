@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,3 +59,32 @@ def test_layer_frames_line_up_with_the_encoder_and_the_phone_timings(tmp_path):
   # Tones are linearly separable from the log-mel frames: the probe finds them on held-out utterances.
   scores = probe.layer_accuracies(model, variables, data, train_utterances=6, eval_utterances=3)
   assert scores["layers"] == ["fbank", "block 1", "block 2"] and scores["accuracy"][0] > 0.9, scores
+
+
+def test_attention_statistics_of_uniform_attention_match_the_closed_form(tmp_path):
+  dataset = ssl_testlib.write_tone_dataset(tmp_path)
+  data = inputs.default_config()
+  data.corpus = str(dataset)
+  config = ctc.default_config("conformer", "smoke")
+  config.encoder.num_blocks = 2
+  stats = audio.CMVNStats(np.zeros(80), np.full(80, 1e6), 100)
+  model = models.get_model(config, dtype=jnp.float32, vocab_size=5, cmvn=stats)
+  variables = model.init(jax.random.key(0), np.zeros((1, 16000), np.int16), np.array([16000], np.int32))
+  random_init = probe.attention_statistics(model, variables, data, "train", utterances=5, batch_size=2)
+  # Queries and their position biases at zero: every score is 0, so each query attends uniformly over its
+  # utterance's L frames: entropy log L, mean distance (L^2 - 1) / (3 L).
+  uniform = jax.tree_util.tree_map(np.asarray, nn.unbox(variables))
+  for block in ("blocks_0", "blocks_1"):
+    mhsa = uniform["params"]["encoder"][block]["mhsa"]
+    for name in ("pos_bias_u", "pos_bias_v"):
+      mhsa[name] = np.zeros_like(mhsa[name])
+    mhsa["query"] = jax.tree_util.tree_map(np.zeros_like, mhsa["query"])
+  stats = probe.attention_statistics(model, uniform, data, "train", utterances=5, batch_size=2)
+  grid = targets.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
+  lengths = np.array([grid.frame_count(len(inputs.open_split(data, "train")[i]["audio"])) for i in range(5)])
+  assert stats["layers"] == ["encoder/blocks_0/mhsa", "encoder/blocks_1/mhsa"] == random_init["layers"]
+  np.testing.assert_allclose(stats["entropy"], np.sum(lengths * np.log(lengths)) / np.sum(lengths), rtol=1e-5)
+  np.testing.assert_allclose(stats["uniform_entropy"], stats["entropy"][0], rtol=1e-5)
+  np.testing.assert_allclose(stats["distance"], np.sum((lengths ** 2 - 1) / 3) / np.sum(lengths), rtol=1e-5)
+  # A random initialisation attends almost uniformly, never more spread than uniform.
+  assert all(0.5 * stats["entropy"][0] < e <= stats["entropy"][0] + 1e-5 for e in random_init["entropy"])
