@@ -36,18 +36,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Pre-training must run past its early phase, where masked prediction fits the targets' prior and the upper
   # blocks lose the phone information of a random encoder (speechfuse.ssl.probe: CE loss, block 6 at 33% after
   # 300 steps, random 44%); the CE loss's dev masked accuracy takes off between steps 300 and 600. Its warm-up
-  # matters as much: with 30 warm-up steps at the recipe's 2e-3, the middle blocks' self-attention collapsed onto
-  # each frame's neighbours (entropy 0.97 nats, mean reach 3 frames, against 4.8 and 57 at random init; by step
-  # 600) and fine-tuning from that encoder stalled (train loss ~150 from step 200, scratch 106 at step 400); with
-  # 120 (20% of a 600-step schedule) the attention kept its reach (entropy >= 1.8 nats, 15-31 frames) and
-  # fine-tuning from it went ahead of scratch (train loss 101 at step 300, scratch 136). The HuBERT loss is slower
-  # (dev masked accuracy 10% after 900 steps, CE 39%): its label embeddings start nearly parallel (uniform [0, 1)
-  # init, as fairseq; mean cosine 0.75), so its cosine logits barely separate the classes.
+  # matters as much: with 30 warm-up steps at the recipe's 2e-3 the middle blocks' self-attention collapsed onto
+  # each frame's neighbours by step 600 (probe.attention_statistics: block 4 at 0.97 nats and a mean reach of 3
+  # frames, random init 4.8 and 57) and fine-tuning from that encoder stalled (train loss ~150 from step 200,
+  # scratch 106 at 400; test_clean CER 71.5 against 49.6). With 120 (20% of the schedule), same seed, the
+  # attention kept its reach (>= 2.1 nats, 19-38 frames) and the CE row beat scratch (2026-11-21, test_clean /
+  # test_other CER 47.9 / 72.7 against 54.0 / 75.7). The HuBERT loss is slower (dev masked accuracy 9% at 600,
+  # CE 36%): its label embeddings start nearly parallel (uniform [0, 1) init, as fairseq; mean cosine 0.75), so
+  # its cosine logits barely separate the classes and its upper blocks stay collapsed (probe block 6: 10%).
   # From scratch, character CTC needs ~300 steps to leave the all-blank plateau, so the fine-tuning runs get 400
-  # steps with an 80-step warm-up (~6 min each), at the SL recipe's 2e-3 with no frozen steps: from the collapsed
-  # encoder the fine-tuning recipe's 1e-3 and 25 frozen steps ended at dev loss 131, 2e-3 and none at 123. With
-  # compilation (cached across runs), the k-means targets, the CMVN statistics, decoding and the probes: about an
-  # hour.
+  # steps with an 80-step warm-up (~6 min each), at the SL recipe's 2e-3 with no frozen steps (from the collapsed
+  # encoder: dev loss 123 against 131 with the fine-tuning recipe's 1e-3 and 25 frozen steps). With compilation
+  # (cached across runs), the k-means targets, the CMVN statistics, decoding and the probes: about 55 minutes on a
+  # quiet machine (77 measured beside other jobs).
   no_value = ml_collections.config_dict.placeholder(int)  # base / large: the recipe's own value
   no_rate = ml_collections.config_dict.placeholder(float)
   config.pretrain = ml_collections.ConfigDict({
