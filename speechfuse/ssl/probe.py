@@ -89,6 +89,18 @@ def encoder_layers(module: nn.Module, audio: jax.Array, audio_lengths: jax.Array
   return (features, *blocks), lengths
 
 
+def _padded_batches(source: Any, utterances: int, batch_size: int, sample_rate: int):
+  """The first `utterances` of `source` in batches: (records, audio [batch, samples] int16 padded to whole seconds
+  so that few shapes compile, audio lengths [batch])."""
+  for start in range(0, min(utterances, len(source)), batch_size):
+    records = [source[i] for i in range(start, min(start + batch_size, utterances, len(source)))]
+    width = -(-max(len(r["audio"]) for r in records) // sample_rate) * sample_rate
+    audio = np.zeros((len(records), width), np.int16)
+    for row, record in enumerate(records):
+      audio[row, :len(record["audio"])] = record["audio"]
+    yield records, audio, np.array([len(r["audio"]) for r in records], np.int32)
+
+
 def layer_frames(model: nn.Module, variables: Any, data: ml_collections.ConfigDict, split: str, utterances: int,
                  phone_ids: dict[str, int], *, batch_size: int = 16,
                  apply: Callable[..., Any] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -110,13 +122,8 @@ def layer_frames(model: nn.Module, variables: Any, data: ml_collections.ConfigDi
   apply = apply or jax.jit(functools.partial(model.apply, method=encoder_layers))
   per_layer: list[list[np.ndarray]] = []
   phones = []
-  for start in range(0, min(utterances, len(source)), batch_size):
-    records = [source[i] for i in range(start, min(start + batch_size, utterances, len(source)))]
-    width = -(-max(len(r["audio"]) for r in records) // data.sample_rate) * data.sample_rate
-    audio = np.zeros((len(records), width), np.int16)
-    for row, record in enumerate(records):
-      audio[row, :len(record["audio"])] = record["audio"]
-    layers, lengths = jax.device_get(apply(variables, audio, np.array([len(r["audio"]) for r in records], np.int32)))
+  for records, audio, audio_lengths in _padded_batches(source, utterances, batch_size, data.sample_rate):
+    layers, lengths = jax.device_get(apply(variables, audio, audio_lengths))
     per_layer = per_layer or [[] for _ in layers]
     for row, record in enumerate(records):
       centers = grid.centers(int(lengths[row]))
@@ -171,13 +178,8 @@ def attention_statistics(model: nn.Module, variables: Any, data: ml_collections.
   source = inputs.open_split(data, split)
   sums: dict[str, np.ndarray] = {}
   queries, uniform = 0, 0.0
-  for start in range(0, min(utterances, len(source)), batch_size):
-    records = [source[i] for i in range(start, min(start + batch_size, utterances, len(source)))]
-    width = -(-max(len(r["audio"]) for r in records) // data.sample_rate) * data.sample_rate
-    audio = np.zeros((len(records), width), np.int16)
-    for row, record in enumerate(records):
-      audio[row, :len(record["audio"])] = record["audio"]
-    ((_, lengths), state) = apply(variables, audio, np.array([len(r["audio"]) for r in records], np.int32))
+  for _, audio, audio_lengths in _padded_batches(source, utterances, batch_size, data.sample_rate):
+    ((_, lengths), state) = apply(variables, audio, audio_lengths)
     lengths = np.asarray(lengths)
     flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state["intermediates"]))[0]
     for path, probs in flat:  # probs: [batch, heads, query, key]
