@@ -183,16 +183,15 @@ def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
   lines = [f"Linear phone probe of each layer at fine-tuning step 0 (frame accuracy on {figures['eval_frames']} dev "
            f"frames, {figures['phones']} phones with silence; fitted on {figures['train_frames']} train frames):", "",
            "| encoder | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
-  for row in rows:
-    encoder = "random (from scratch)" if row["pretraining"] is None else row["method"]
+  encoders = ["random (from scratch)" if row["pretraining"] is None else row["method"] for row in rows]
+  for encoder, row in zip(encoders, rows):
     lines.append(f"| {encoder} | " + " | ".join(f"{100 * a:.1f}" for a in row["probe"]["accuracy"]) + " |")
   attention = figures["attention"]
   lines += ["", f"Self-attention of each block at fine-tuning step 0 on dev: entropy of a query's attention in nats "
             f"(uniform over the utterance: {attention['uniform_entropy']:.2f}) / mean distance to the frames it "
             "attends, in encoder frames:", "",
             "| encoder | " + " | ".join(layers[1:]) + " |", "|---" * len(layers) + "|"]
-  for row in rows:
-    encoder = "random (from scratch)" if row["pretraining"] is None else row["method"]
+  for encoder, row in zip(encoders, rows):
     stats = row["probe"]["attention"]
     lines.append(f"| {encoder} | " + " | ".join(f"{e:.2f} / {d:.1f}" for e, d in zip(stats["entropy"],
                                                                                    stats["distance"])) + " |")
