@@ -70,6 +70,19 @@ def by_size(size: str, **table: Any) -> Any:
   raise ValueError(f"no value for size {size!r}; have {sorted(table)}")
 
 
+def set_schedule(config: ml_collections.ConfigDict, steps: int | None = None, warmup_steps: int | None = None,
+                 learning_rate: float | None = None) -> ml_collections.ConfigDict:
+  """A trainer config run for `steps` updates with `warmup_steps` and peak `learning_rate`; None keeps the
+  recipe's value. The pipelines (quickstart, ssl_compare) fit member recipes to their budgets with it."""
+  if steps is not None:
+    config.total_steps = steps
+  if warmup_steps is not None:
+    config.optimizer.warmup_steps = warmup_steps
+  if learning_rate is not None:
+    config.optimizer.learning_rate = learning_rate
+  return config
+
+
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Plain nested dict of a ConfigDict (FieldReferences resolved, tuples kept as lists)."""
   return json.loads(config.to_json_best_effort())

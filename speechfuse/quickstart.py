@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from speechfuse import fusion, pipeline, run
-from speechfuse.config import load_config
+from speechfuse.config import load_config, set_schedule
 from speechfuse.eval import asr as asr_eval, comparison, results
 from speechfuse.fusion import landscape
 from speechfuse.fusion.fuse import FUSED_DIR
@@ -63,29 +63,17 @@ def _recipe(name: str, otf: ml_collections.ConfigDict, **args: str) -> ml_collec
   return config
 
 
-def _schedule(config: ml_collections.ConfigDict, steps: int, warmup_steps: int | None = None,
-              learning_rate: float | None = None) -> ml_collections.ConfigDict:
-  """`config` trained for `steps` updates, with `warmup_steps` (None: the recipe's) and `learning_rate` (None: the
-  recipe's)."""
-  config.total_steps = steps
-  if warmup_steps is not None:
-    config.optimizer.warmup_steps = warmup_steps
-  if learning_rate is not None:
-    config.optimizer.learning_rate = learning_rate
-  return config
-
-
 def sl_config(otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """configs/asr_conformer_ctc.py from scratch for steps.sl."""
-  config = _schedule(_recipe("asr_conformer_ctc", otf), otf.steps.sl, otf.warmup_steps.sl)
+  config = set_schedule(_recipe("asr_conformer_ctc", otf), otf.steps.sl, otf.warmup_steps.sl)
   config.seed = otf.seeds.sl
   return config
 
 
 def pretrain_config(otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """configs/ssl_hubert.py (the Conformer of the SL recipe, loss `ssl_loss`) for steps.ssl_pretrain."""
-  config = _schedule(_recipe("ssl_hubert", otf, loss=otf.ssl_loss), otf.steps.ssl_pretrain,
-                     otf.warmup_steps.ssl_pretrain)
+  config = set_schedule(_recipe("ssl_hubert", otf, loss=otf.ssl_loss), otf.steps.ssl_pretrain,
+                        otf.warmup_steps.ssl_pretrain)
   config.seed = otf.seeds.ssl
   return config
 
@@ -93,8 +81,8 @@ def pretrain_config(otf: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def finetune_config(otf: ml_collections.ConfigDict, pretrained: str) -> ml_collections.ConfigDict:
   """configs/finetune_ctc.py from the `pretrained` encoder, on all the labeled data SL trains on, with
   ssl_finetune's learning rate and frozen-encoder steps where set."""
-  config = _schedule(_recipe("finetune_ctc", otf), otf.steps.ssl_finetune, otf.warmup_steps.ssl_finetune,
-                     otf.ssl_finetune.learning_rate)
+  config = set_schedule(_recipe("finetune_ctc", otf), otf.steps.ssl_finetune, otf.warmup_steps.ssl_finetune,
+                        otf.ssl_finetune.learning_rate)
   if otf.ssl_finetune.freeze_encoder_steps is not None:
     config.task.freeze_encoder_steps = otf.ssl_finetune.freeze_encoder_steps
   config.data.train_fraction = 1.0
@@ -110,7 +98,7 @@ def continued_config(otf: ml_collections.ConfigDict, init_from: str, steps: int,
   config = _recipe("asr_conformer_ctc", otf)
   config.task.init_from = init_from
   config.task.init_encoder_only = False
-  return _schedule(config, steps, round(otf.mft.warmup_fraction * steps), learning_rate)
+  return set_schedule(config, steps, round(otf.mft.warmup_fraction * steps), learning_rate)
 
 
 def mft_config(otf: ml_collections.ConfigDict, init_from: str, schedule_steps: int) -> ml_collections.ConfigDict:
@@ -122,7 +110,7 @@ def mft_config(otf: ml_collections.ConfigDict, init_from: str, schedule_steps: i
 def ebf_config(otf: ml_collections.ConfigDict, members: tuple[str, str]) -> ml_collections.ConfigDict:
   """EBF over the exported `members` (SL, SSL) for steps.ebf, the SL recipe's learning rate."""
   config = ensemble.ebf_config(_recipe("asr_conformer_ctc", otf), init_members=members)
-  return _schedule(config, otf.steps.ebf, round(otf.mft.warmup_fraction * otf.steps.ebf))
+  return set_schedule(config, otf.steps.ebf, round(otf.mft.warmup_fraction * otf.steps.ebf))
 
 
 def fuse_config(otf: ml_collections.ConfigDict, sl: str, ssl: str, method: str) -> ml_collections.ConfigDict:

@@ -39,7 +39,7 @@ import jax
 import ml_collections
 
 from speechfuse import nn as sf_nn, pipeline, run
-from speechfuse.config import load_config, to_dict
+from speechfuse.config import load_config, set_schedule, to_dict
 from speechfuse.eval import comparison
 from speechfuse.fusion import landscape
 from speechfuse.ssl import probe
@@ -59,27 +59,17 @@ def _recipe(name: str, arg: str, compare: ml_collections.ConfigDict) -> ml_colle
   return config
 
 
-def _budget(config: ml_collections.ConfigDict, steps: int | None, warmup_steps: int | None) -> None:
-  """Sets the run's length and warm-up where the job's config gives them (None keeps the recipe's)."""
-  if steps is not None:
-    config.total_steps = steps
-  if warmup_steps is not None:
-    config.optimizer.warmup_steps = warmup_steps
-
-
 def pretrain_config(compare: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
   """configs/ssl_hubert.py at the job's size with `loss`, on the job's pre-training budget."""
   config = _recipe("ssl_hubert", f"{compare.size},loss={loss}", compare)
-  _budget(config, compare.pretrain.steps, compare.pretrain.warmup_steps)
+  set_schedule(config, compare.pretrain.steps, compare.pretrain.warmup_steps)
   return config
 
 
 def finetune_config(compare: ml_collections.ConfigDict, init_from: str | None) -> ml_collections.ConfigDict:
   """configs/finetune_ctc.py at the job's size and labeled fraction, from `init_from` (None: from scratch)."""
   config = _recipe("finetune_ctc", f"{compare.size},train_fraction={compare.finetune.train_fraction}", compare)
-  _budget(config, compare.finetune.steps, compare.finetune.warmup_steps)
-  if compare.finetune.learning_rate is not None:
-    config.optimizer.learning_rate = compare.finetune.learning_rate
+  set_schedule(config, compare.finetune.steps, compare.finetune.warmup_steps, compare.finetune.learning_rate)
   config.task.init_from = init_from
   if compare.finetune.freeze_encoder_steps is not None:
     config.task.freeze_encoder_steps = compare.finetune.freeze_encoder_steps
