@@ -182,12 +182,13 @@ def attention_statistics(model: nn.Module, variables: Any, data: ml_collections.
     ((_, lengths), state) = apply(variables, audio, audio_lengths)
     lengths = np.asarray(lengths)
     flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state["intermediates"]))[0]
+    frames = np.arange(flat[0][1].shape[-1])
+    offsets = np.abs(frames[None, :] - frames[:, None])  # [query, key]
+    valid = frames[None, :] < lengths[:, None]  # [batch, query]
     for path, probs in flat:  # probs: [batch, heads, query, key]
       name = "/".join(str(getattr(key, "key", key)) for key in path[:-3])  # drop Dropout_i/__call__/0
-      time = probs.shape[-1]
-      valid = np.arange(time)[None, :] < lengths[:, None]  # [batch, query]
       entropy = -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=-1)  # [batch, heads, query]
-      distance = np.sum(probs * np.abs(np.arange(time)[None, :] - np.arange(time)[:, None]), axis=-1)
+      distance = np.sum(probs * offsets, axis=-1)
       weights = np.broadcast_to(valid[:, None, :], entropy.shape)
       sums[name] = sums.get(name, np.zeros(2)) + [np.sum(entropy * weights), np.sum(distance * weights)]
     heads = flat[0][1].shape[1]

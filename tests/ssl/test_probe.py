@@ -16,6 +16,18 @@ from speechfuse.models import ctc
 from speechfuse.ssl import probe, quality, targets
 
 
+def _two_block_conformer(tmp_path):
+  """The tone dataset's data config and a 2-block smoke Conformer-CTC: (data, model config, model, variables)."""
+  data = inputs.default_config()
+  data.corpus, data.train_split, data.eval_split = str(ssl_testlib.write_tone_dataset(tmp_path)), "train", "dev"
+  config = ctc.default_config("conformer", "smoke")
+  config.encoder.num_blocks = 2
+  stats = audio.CMVNStats(np.zeros(80), np.full(80, 1e6), 100)
+  model = models.get_model(config, dtype=jnp.float32, vocab_size=5, cmvn=stats)
+  variables = model.init(jax.random.key(0), np.zeros((1, 16000), np.int16), np.array([16000], np.int32))
+  return data, config, model, variables
+
+
 def test_fit_matches_scikit_learn_logistic_regression():
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 6)) * 1.5
@@ -30,14 +42,7 @@ def test_fit_matches_scikit_learn_logistic_regression():
 
 
 def test_layer_frames_line_up_with_the_encoder_and_the_phone_timings(tmp_path):
-  dataset = ssl_testlib.write_tone_dataset(tmp_path)
-  data = inputs.default_config()
-  data.corpus, data.train_split, data.eval_split = str(dataset), "train", "dev"
-  config = ctc.default_config("conformer", "smoke")
-  config.encoder.num_blocks = 2
-  stats = audio.CMVNStats(np.zeros(80), np.full(80, 1e6), 100)
-  model = models.get_model(config, dtype=jnp.float32, vocab_size=5, cmvn=stats)
-  variables = model.init(jax.random.key(0), np.zeros((1, 16000), np.int16), np.array([16000], np.int32))
+  data, config, model, variables = _two_block_conformer(tmp_path)
   phone_ids = {}
   layers, phones = probe.layer_frames(model, variables, data, "train", 4, phone_ids, batch_size=3)
   grid = targets.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
@@ -62,14 +67,7 @@ def test_layer_frames_line_up_with_the_encoder_and_the_phone_timings(tmp_path):
 
 
 def test_attention_statistics_of_uniform_attention_match_the_closed_form(tmp_path):
-  dataset = ssl_testlib.write_tone_dataset(tmp_path)
-  data = inputs.default_config()
-  data.corpus = str(dataset)
-  config = ctc.default_config("conformer", "smoke")
-  config.encoder.num_blocks = 2
-  stats = audio.CMVNStats(np.zeros(80), np.full(80, 1e6), 100)
-  model = models.get_model(config, dtype=jnp.float32, vocab_size=5, cmvn=stats)
-  variables = model.init(jax.random.key(0), np.zeros((1, 16000), np.int16), np.array([16000], np.int32))
+  data, config, model, variables = _two_block_conformer(tmp_path)
   random_init = probe.attention_statistics(model, variables, data, "train", utterances=5, batch_size=2)
   # Queries and their position biases at zero: every score is 0, so each query attends uniformly over its
   # utterance's L frames: entropy log L, mean distance (L^2 - 1) / (3 L).
