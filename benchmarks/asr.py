@@ -46,7 +46,6 @@ after each timing; other processes on the machine slow both sides alike only if 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import pathlib
@@ -63,13 +62,13 @@ import numpy as np
 
 from speechfuse import audio as audio_lib
 from speechfuse import nn as sf_nn
-from speechfuse import optim
-from speechfuse.models import acoustic, ctc
+from speechfuse import optim, train
+from speechfuse.config import load_config, recipe_path
+from speechfuse.models import acoustic, ctc, encoders
 from speechfuse.text import CharTokenizer
 from speechfuse.train import step as step_lib
 from speechfuse.train.state import TrainState
-from speechfuse.train.tasks import asr as asr_task
-from speechfuse.train.tasks import base as task_base
+from speechfuse.tasks import asr_ctc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 16000
@@ -78,11 +77,8 @@ LABELS_PER_SECOND = {"char": 15.0, "unigram": 5.0}  # characters / SentencePiece
 
 
 def load_recipe(size: str) -> ml_collections.ConfigDict:
-  """configs/asr_conformer_ctc.py at `size` (configs/ is not a package: loaded from its file)."""
-  spec = importlib.util.spec_from_file_location("asr_conformer_ctc", ROOT / "configs" / "asr_conformer_ctc.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(size)
+  """configs/asr_conformer_ctc.py at `size`."""
+  return load_config(f"{recipe_path('asr_conformer_ctc')}:{size}")
 
 
 def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
@@ -138,12 +134,12 @@ class FeaturesIn(nn.Module):
 # speechfuse.
 
 
-class SyntheticCTCTask(asr_task.CTCTask):
+class SyntheticCTCTask(asr_ctc.CTCTask):
   """CTCTask's loss and init on a given model, without the corpus, tokenizer and CMVN files a run reads."""
 
   # pylint: disable-next=super-init-not-called
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, vocab_size: int):
-    task_base.Task.__init__(self, config)  # ASRTask.__init__ would build the tokenizer and CMVN from a corpus
+    train.Task.__init__(self, config)  # ASRTask.__init__ would build the tokenizer and CMVN from a corpus
     self.model = model
     self.tokenizer = types.SimpleNamespace(blank_id=0, vocab_size=vocab_size)
 
@@ -283,12 +279,12 @@ def throughput_rows(size: str, args) -> tuple[list[list[str]], str]:
 
   recipe_model = ctc.from_config(config.model, dtype, vocab_size=vocab_size, cmvn=cmvn)
   # The recipe's front end, applied once (deterministic: no dither) to make the features both others read.
-  frontend = acoustic.make_frontend(config.model.frontend, cmvn)
+  frontend = acoustic.make_frontend(config.model, cmvn)
   features, frame_lengths = jax.jit(lambda a, n: frontend.apply({}, a, n, deterministic=True))(
       batch["audio"], batch["audio_lengths"])
   features, frame_lengths = np.asarray(features, np.float32), np.asarray(frame_lengths, np.int32)
   features_model = ctc.CTCModel(frontend=FeaturesIn(), spec_augment=acoustic.SpecAugment(enabled=False),
-                                encoder=acoustic.make_encoder(config.model.encoder, dtype), vocab_size=vocab_size,
+                                encoder=encoders.make_encoder(config.model.encoder, dtype), vocab_size=vocab_size,
                                 dtype=dtype)
   features_batch = {**batch, "audio": features, "audio_lengths": frame_lengths}
 

@@ -11,7 +11,8 @@ length, each ending with block_until_ready as the loop's log point does. Evaluat
 only after the last step and are not timed. Prints a Markdown table with the ratio; the loop should add
 under 5%. The last row times the synthetic data pipeline alone: on a CPU-only machine its host work
 competes with XLA for the same cores, so it is part of what the loop adds there. The model is the frame
-classifier on synthetic audio, sized so that a step takes about 0.1 s on an idle 2-core CPU.
+classifier on synthetic audio (the trainer tests' fixture, tests/train/synthetic_testlib.py), sized so that a step
+takes about 0.1 s on an idle 2-core CPU.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ import statistics
 import tempfile
 import time
 
+import pathlib
+import sys
+
 import jax
 import ml_collections
 
-from speechfuse import parallel, train
+from speechfuse import parallel, run as run_lib, tasks, train
 from speechfuse.train import loop
-from speechfuse.train.tasks import frames
+
+# The trainer's test task and model (a test fixture, registered as "synthetic_frames" / "frame_classifier").
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "train"))
+import synthetic_testlib as frames  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def benchmark_config(steps: int, log_every: int, batch: int) -> ml_collections.ConfigDict:
@@ -51,7 +58,8 @@ def time_bare_step(config: ml_collections.ConfigDict, steps: int) -> tuple[list[
   """Seconds per step of the jitted step on device-resident batches, per window of log_every_steps steps, and
   seconds per batch of the data pipeline alone."""
   with tempfile.TemporaryDirectory() as workdir:
-    run = loop.prepare(config, workdir)
+    train.initialize(config)
+    run = loop.prepare(config, workdir, tasks.get_task(config, workdir))
     run.manager.close()
   start = time.perf_counter()
   host_batches = [next(run.train_iter) for _ in range(steps)]
@@ -74,7 +82,7 @@ def time_bare_step(config: ml_collections.ConfigDict, steps: int) -> tuple[list[
 def time_loop(config: ml_collections.ConfigDict) -> list[float]:
   """Seconds per step of train_and_evaluate, per log window but the first (which compiles)."""
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(config, workdir)
+    run_lib.run("train", config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       lines = [json.loads(line) for line in f]
   return [1 / l["steps_per_second"] for l in lines if l["split"] == "train" and l["step"] > config.log_every_steps]

@@ -72,13 +72,12 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from speechfuse import models, optim
+from speechfuse import models, optim, train
 from speechfuse import nn as sf_nn
 from speechfuse.config import load_config
 from speechfuse.train import step as step_lib
 from speechfuse.train.state import TrainState
-from speechfuse.train.tasks import base as task_base
-from speechfuse.train.tasks import ssl as ssl_task
+from speechfuse.tasks import ssl as ssl_task
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import asr  # pylint: disable=g-import-not-at-top,wrong-import-position  # benchmarks/ is a folder of scripts
@@ -93,7 +92,7 @@ class SyntheticSSLTask(ssl_task.SSLTask):
 
   # pylint: disable-next=super-init-not-called
   def __init__(self, config: ml_collections.ConfigDict, cmvn):
-    task_base.Task.__init__(self, config)  # SSLTask.__init__ would open the corpus and write k-means targets
+    train.Task.__init__(self, config)  # SSLTask.__init__ would open the corpus and read its k-means targets
     self.grid = ssl_task.target_grid(config.model, asr.SAMPLE_RATE)
     self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype),
                                   num_classes=config.task.num_classes, head=config.task.loss, cmvn=cmvn)
@@ -173,7 +172,7 @@ def measure(configs: dict[str, ml_collections.ConfigDict], batch: dict, cmvn, ar
         "cpu_seconds": statistics.median(step.cpu_seconds), "compile": step.compile_seconds,
         "temp": memory.temp_size_in_bytes,
         "total": memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes,
-        "gflop": step.gflop, "loss": float(metrics["loss"]), "masked_frames": float(metrics["masked_frames"])}
+        "gflop": step.gflop, "loss": float(metrics["loss"]), "masked_fraction": float(metrics["masked_fraction"])}
   return results
 
 
@@ -189,9 +188,9 @@ def backbone_rows(backbone: str, args) -> tuple[list[list[str]], str]:
   for loss, result in results.items():
     print(f"  {backbone} / {loss}: {result['seconds']:.3f} s/step, temp {result['temp'] / MIB:.0f} MiB, "
           f"loss {result['loss']:.2f}", file=sys.stderr)
-  masked = {r["masked_frames"] for r in results.values()}
+  masked = {r["masked_fraction"] for r in results.values()}
   if len(masked) != 1:
-    raise AssertionError(f"the losses saw different masks: masked frames {masked}")
+    raise AssertionError(f"the losses saw different masks: masked fractions {masked}")
   reference = results[LOSSES[0]]
   rows = []
   for loss, result in results.items():

@@ -8,30 +8,20 @@ the task, the model head and what differs for transducers.
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import pathlib
 
 import ml_collections
 
 from speechfuse import config as config_lib
 from speechfuse.models import transducer
-from speechfuse.train.tasks import asr
-
-
-def _ctc_recipe():
-  # configs/ is not a package: load the sibling recipe by path.
-  spec = importlib.util.spec_from_file_location(
-      "asr_conformer_ctc", os.path.join(os.path.dirname(os.path.abspath(__file__)), "asr_conformer_ctc.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from speechfuse.tasks import asr
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The recipe at `arg`'s size ("smoke", "tiny", "base", "large"), optionally "<size>,architecture=transformer"."""
   parsed = config_lib.parse_arg(arg, size="tiny", architecture="conformer")
   size = parsed.size
-  config = _ctc_recipe().get_config(arg)
+  config = config_lib.load_config(f"{pathlib.Path(__file__).with_name('asr_conformer_ctc.py')}:{arg or ''}")
   encoder = config.model.encoder
   config.model = transducer.default_config(parsed.architecture, size)
   config.model.encoder = encoder  # the CTC recipe's encoder settings (dynamic chunks, dropout)

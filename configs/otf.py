@@ -1,10 +1,10 @@
-r"""OTF (Fu et al., 2023): the whole comparison of its Tables 1 and 3, as one pipeline (the README's quickstart).
+r"""OTF (Fu et al.): the whole comparison of its Tables 1 and 3, as one pipeline (the README's quickstart).
 
   python launch/quickstart.py --size=tiny --workdir=runs/quickstart [--config.steps.sl=600 ...]
 
-This is a pipeline config, not a trainer config: `speechfuse.quickstart.run_otf(config, workdir)` reads it and
-runs the member recipes below through the trainer, one stage at a time (launch/main.py runs single recipes and
-does not take it). Stages, each in <workdir>/<stage>:
+This is a pipeline config, not a trainer config: `speechfuse.projects.otf.pipeline.run_otf(config, workdir)` reads
+it and runs the member recipes below through the trainer, one stage at a time (launch/main.py runs single recipes
+and does not take it). Stages, each in <workdir>/<stage>:
   sl               configs/asr_conformer_ctc.py from scratch on the labeled train split          -> row SL
   ssl_pretrain     configs/ssl_hubert.py (Conformer backbone, same encoder, loss ssl_loss) on the same audio
   ssl_finetune     configs/finetune_ctc.py from that encoder, on the SAME labeled data (train_fraction 1.0)
@@ -51,19 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       key: corpus[key] for key in ("corpus", "builtin_size", "data_dir", "train_split", "eval_split", "test_splits")})
 
   # Training steps of each stage. The SL and SSL models get the same labeled schedule, as in the paper (200
-  # epochs each). From scratch, character CTC leaves the all-blank plateau only after ~300 steps (a 400-step SL
-  # run ends at 68 % dev CER), so SL gets 700 steps (~2.9 epochs of the `small` corpus; its own recipe: 1,600).
-  # Measured at tiny on the 2-core CPU, quiet, stage by stage (2026-11-21; every stage includes compiling and
-  # decoding the test splits offline and online): SL 12.1 minutes, SSL pre-training 16.0 (600 steps at 0.70/s),
-  # SSL fine-tuning 11.4, the three MFT runs 2.3-3.6 each, full FT 3.5, EBF 2.8, each fusion 0.6 and the
-  # landscape 0.6: 56 minutes with the corpus built; on a fresh machine building it adds 1.3 and its k-means
-  # targets 0.3, so about 58.
+  # epochs each); at tiny 700 steps (~2.9 epochs of the `small` corpus), past character CTC's all-blank plateau,
+  # and the whole job stays under an hour on 2 CPU cores (stage times: speechfuse/projects/otf/README.md).
   config.steps = ml_collections.ConfigDict({
       "sl": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
       # Masked prediction must run past its early phase, where the upper blocks collapse onto the targets'
-      # prior (speechfuse.ssl.probe: after 150 HuBERT steps block 6 carried 8 % phone accuracy, a random
-      # encoder 44 %, and that SSL member ended at 62 % CER). CE-loss dev masked accuracy takes off between
-      # steps 300 and 600 (configs/ssl_compare.py), hence 600 steps of the CE loss at tiny.
+      # prior; the CE loss's dev masked accuracy takes off between steps 300 and 600, hence 600 at tiny.
       "ssl_pretrain": config_lib.by_size(size, smoke=4, tiny=600, base=400_000, large=400_000),
       "ssl_finetune": config_lib.by_size(size, smoke=4, tiny=700, base=100_000, large=200_000),
       # Direct Avg + full FT: the paper fine-tunes the averaged model fully; at tiny 100 steps, about the
@@ -81,12 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
 
   # The SSL member's pre-training loss (configs/ssl_hubert.py's loss=): k2SSL's plain cross-entropy at the CPU
-  # sizes, where HuBERT's cosine loss leaves its early phase too late (dev masked accuracy 10 % after 900 steps,
-  # CE 39 %: its uniform [0, 1) label embeddings start nearly parallel); HuBERT's own at base and large.
+  # sizes, where HuBERT's cosine loss leaves its early phase too late (its uniform [0, 1) label embeddings start
+  # nearly parallel: speechfuse/projects/k2ssl/README.md); HuBERT's own at base and large.
   config.ssl_loss = config_lib.by_size(size, smoke="ce", tiny="ce", base="hubert", large="hubert")
   # SSL fine-tuning's learning rate and frozen-encoder steps (None: configs/finetune_ctc.py's). At tiny the SL
-  # recipe's 2e-3 and no freeze: from a CE-pre-trained encoder, 400 steps on 10 % of the labels ended at dev loss
-  # 123 against 131 with 1e-3 and 25 frozen steps (configs/ssl_compare.py's fine-tuning).
+  # recipe's 2e-3 and no freeze, which fine-tuned a CE-pre-trained encoder better (k2ssl's README).
   no_rate = ml_collections.config_dict.placeholder(float)
   config.ssl_finetune = ml_collections.ConfigDict({
       "learning_rate": config_lib.by_size(size, smoke=no_rate, tiny=2e-3, base=no_rate, large=no_rate),
@@ -95,8 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Moderate fine-tuning: SL + MFT, SSL + MFT and OTF's MFT each run fraction x the schedule of the model they
   # start from (OTF: the SSL fine-tuning schedule, the model SL is aligned onto), from a new warm-up to zero.
-  # The paper's 10 of 200 epochs is 5 %. At tiny 5 % of 700 steps is 35 updates, too few for the aligned
-  # average to recover from the soft maps (the paper's starts at 53-83 % WER): 15 % (105 updates, 0.4 epochs).
+  # The paper's 10 of 200 epochs is 5 %; at tiny 5 % of 700 steps is 35 updates, too few for the aligned average
+  # to recover from the soft maps (the paper's start at 53-83 % WER): 15 % (105 updates, 0.4 epochs).
   config.mft = ml_collections.ConfigDict({
       "fraction": config_lib.by_size(size, tiny=0.15, base=0.05, large=0.05),
       "learning_rate": config_lib.by_size(size, tiny=1e-3, base=5e-4, large=5e-4),  # the fine-tuning recipe's
@@ -105,10 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Fusion: speechfuse.fusion.default_config()'s options (`--mode=fuse`; the pipeline sets which models and
   # which method per stage): SL aligned onto SSL and averaged with the SSL model's `weight` 1/2, ott-jax Sinkhorn
-  # with `epsilon` relative to the largest cost (OTFusion's reg 1e-2), alignment from weights. At tiny the SSL
-  # member is the better one (dev CER 22.2 against SL's 28.1), and a larger SSL weight pays: 0.75
-  # (--config.fusion.weight=0.75) gave OTF (+ MFT) a dev CER of 22.9 against 26.0 at 1/2, still short of SSL +
-  # MFT's 22.2. The paper's 1/2 is kept.
+  # with `epsilon` relative to the largest cost (OTFusion's reg 1e-2), alignment from weights. The paper's SSL
+  # weight 1/2 (what 0.75 gave at tiny: speechfuse/projects/otf/README.md).
   config.fusion = fusion.default_config()
   for key in ("sl", "ssl", "method"):
     del config.fusion[key]

@@ -8,17 +8,17 @@ Args: size (smoke, tiny, base, large), backbone=conformer|wav2vec2, loss=hubert|
              and parameter names), so configs/finetune_ctc.py loads it; targets on its frames (tiny: conv1d x2,
              50 Hz; the other sizes conv2d x4, 25 Hz).
   wav2vec2:  HuBERT's waveform encoder (nn.wav2vec2; base = HuBERT base), targets at 50 Hz.
-  iteration 1: MFCC-39 k-means, 100 clusters, written into the dataset on first use.
+  iteration 1: MFCC-39 k-means, 100 clusters, written into the dataset before the first run trains
+             (speechfuse.ssl.targets.prepare, which the train mode calls).
   iteration 2: 500 clusters of an iteration-1 model's layer, written beforehand under the name
              config.task.targets with speechfuse.ssl.targets.model_targets and the iteration-1 task's
-             layer_features_fn (see speechfuse/train/tasks/ssl.py).
+             layer_features_fn (see speechfuse/tasks/ssl.py).
 Then fine-tune: export the params (launch/main.py --mode=export) and run configs/finetune_ctc.py with
 --config.task.init_from=<exported path>.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
@@ -26,17 +26,13 @@ import ml_collections
 from speechfuse import config as config_lib
 from speechfuse import train
 from speechfuse.data import inputs
-from speechfuse.models import ssl
-from speechfuse.train.tasks import ssl as ssl_task
+from speechfuse.models import encoders, ssl
+from speechfuse.tasks import ssl as ssl_task
 
 
 def _ctc_encoder(size: str) -> ml_collections.ConfigDict:
-  """configs/asr_conformer_ctc.py's encoder config at `size` (configs/ is not a package: loaded from its file)."""
-  spec = importlib.util.spec_from_file_location("asr_conformer_ctc",
-                                                pathlib.Path(__file__).with_name("asr_conformer_ctc.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(size).model.encoder
+  """configs/asr_conformer_ctc.py's encoder config at `size`."""
+  return config_lib.load_config(f"{pathlib.Path(__file__).with_name('asr_conformer_ctc.py')}:{size}").model.encoder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -69,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task.iteration = arg.iteration
   config.task.num_classes = 100 if arg.iteration == 1 else 500  # HuBERT's
   encoder = config.model.encoder
-  grid = f"fbank_{encoder.subsampling}_x{encoder.subsampling_factor}" if arg.backbone == "conformer" else "wav2vec2_cnn"
+  grid = encoders.frame_grid(encoder, config.data.sample_rate).name  # the encoder's frames: fbank_conv1d_x2, ...
   config.task.targets = f"mfcc_k100_{grid}" if arg.iteration == 1 else f"iter2_k500_{grid}"
   config.model.mask.mask_prob = 0.8 if arg.loss == "hubert" else 0.65  # HuBERT vs icefall / k2SSL
   # Spans of 200 ms as HuBERT's 10 frames at 50 Hz: 5 frames at conv2d x4's 25 Hz, 10 at conv1d x2's 50 Hz.

@@ -6,20 +6,19 @@ r"""speechfuse launcher, intentionally thin: all logic lives in `speechfuse.run`
 Modes (speechfuse.run): train, eval, export, fuse (needs a config.fusion section: speechfuse.fusion.default_config).
 
 `<arg>` is parsed by `speechfuse.config.parse_arg` ("tiny", "base,seed=3", ...). The config is locked, so an
-override of a key that does not exist fails at start with a message naming the key.
+override of a key that does not exist fails at start with a message naming the key. The console shows the run's
+own lines; the libraries' go to <workdir>/log.txt (--verbosity=0 shows them too).
 """
 
 from __future__ import annotations
 
-import re
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from speechfuse import run
+from speechfuse import cli, run
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file: configs/<recipe>.py:<arg>.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file: configs/<recipe>.py:<arg>.",
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MODE = flags.DEFINE_enum("mode", "train", sorted(run.MODES),
                           "What to do with the config: train, eval (decode the test splits), export (the averaged "
@@ -28,25 +27,12 @@ _MODE = flags.DEFINE_enum("mode", "train", sorted(run.MODES),
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a one-line message for overrides of config keys that do not exist."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict for an unknown override
-    key = str(e).strip("\"'")
-    culprits = [a for a in argv if a.startswith("--config.") and re.search(rf"[.]{re.escape(key)}(=|[.]|$)", a)]
-    where = f" (from {culprits[0]})" if culprits else ""
-    sys.exit(f"FATAL config error: unknown config key {key!r}{where}; see the recipe's get_config() for the keys it defines.")
-  except flags.Error as e:
-    sys.exit(f"FATAL flags error: {e}")
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  run.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+  cli.start(_WORKDIR.value)
+  cli.run_reporting(run.run, _MODE.value, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

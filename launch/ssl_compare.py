@@ -1,15 +1,17 @@
-r"""The SSL comparison job: CTC from scratch vs from HuBERT- and CE-loss pre-trained encoders, one results table.
+r"""k2SSL's pre-training comparison: CTC from scratch vs from HuBERT- and CE-loss pre-trained encoders, one table.
 
   python launch/ssl_compare.py --size=tiny --workdir=runs/ssl_compare
 
-All logic lives in speechfuse/ssl_compare.py (budgets: configs/ssl_compare.py); a rerun resumes where it stopped.
+All logic lives in speechfuse/projects/k2ssl/pipeline.py (budgets: configs/ssl_compare.py); a rerun resumes where it
+stopped. The console shows the stage and progress lines and the tables; everything else goes to <workdir>/log.txt.
 """
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from speechfuse import config, ssl_compare
+from speechfuse import cli, config
+from speechfuse.projects.k2ssl import pipeline
 
 _SIZE = flags.DEFINE_enum("size", "tiny", list(config.SIZES),
                           "Size of both recipes and the budgets; smoke runs the same path in minutes.")
@@ -19,9 +21,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/ssl_compare", "Job directory (re
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  ssl_compare.run_comparison(_SIZE.value, _WORKDIR.value)
+  cli.start(_WORKDIR.value)
+  cli.run_reporting(pipeline.run_comparison, _SIZE.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -8,6 +8,7 @@ A recipe is `configs/<name>.py` with `get_config(arg: str | None = None) -> ml_c
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -50,12 +51,25 @@ def parse_arg(arg: str | None, *, size: str = "tiny", **defaults: Any) -> ml_col
   return ml_collections.ConfigDict(values)
 
 
+def recipe_path(name: str) -> pathlib.Path:
+  """The file of the recipe `name` ("otf", "asr_conformer_ctc.py", "configs/otf.py") among the recipes installed
+  with the package (speechfuse.configs: the repository's configs/, editable or not)."""
+  file = pathlib.Path(name).name
+  file = file if file.endswith(".py") else f"{file}.py"
+  path = pathlib.Path(str(importlib.resources.files("speechfuse.configs") / file))
+  if not path.is_file():
+    known = sorted(p.stem for p in path.parent.glob("*.py") if p.stem != "__init__")
+    raise FileNotFoundError(f"no recipe {name!r}; the recipes are {known}")
+  return path
+
+
 def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config of "configs/<recipe>.py[:<arg>]", as `--config=` gives it to the launcher (for notebooks)."""
+  """The config of "configs/<recipe>.py[:<arg>]", as `--config=` gives it to the launcher (for notebooks): the file
+  at that path, or else the installed recipe of that name (recipe_path), so that it works from any directory."""
   path, _, arg = os.fspath(spec).partition(":")
+  if not os.path.isfile(path):
+    path = os.fspath(recipe_path(path))
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  if module_spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f"no recipe config file {path!r}")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)

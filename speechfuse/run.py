@@ -1,9 +1,11 @@
 """The launcher's modes: `run(mode, config, workdir)`, importable so that notebooks run exactly what
-`launch/main.py` runs.
+`launch/main.py` runs. This is where the layers meet: a task from speechfuse.tasks, the generic trainer of
+speechfuse.train, fusion, and the data a task needs written before it is built.
 
   train   train (resuming from the workdir's latest checkpoint) and evaluate every eval_every_steps
-  eval    evaluate the latest checkpoint: ASR tasks decode the test splits offline and online and write the
-          results table (speechfuse.eval.asr); other tasks report their eval-split metrics
+  eval    evaluate the latest checkpoint without its training state (tasks.evaluate_checkpoint): ASR tasks decode
+          the test splits offline and online and write the results table; other tasks report their eval-split
+          metrics. It reads the checkpoint, the run's tokenizer / CMVN statistics and the test data only.
   export  write <workdir>/export/params: the variables of the last config.export.average_last checkpoints,
           averaged (1: the latest alone), without optimizer state
   fuse    fuse the two exported CTC models named by config.fusion (sl onto ssl: OTF or direct averaging) into
@@ -19,13 +21,34 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from speechfuse import fusion, train
-from speechfuse.eval import asr as asr_eval
+from speechfuse import fusion, tasks, train
+from speechfuse.eval import results
+from speechfuse.ssl import targets
+
+# What a task's training needs written into its dataset before the task is built: task name -> writer. The
+# masked-prediction task reads k-means targets that ssl.targets computes (once per dataset and name).
+PREPARE: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {"ssl_hubert": targets.prepare}
 
 
 def export_path(workdir: str | os.PathLike) -> str:
   """Where export mode writes the variables of the run in `workdir`."""
   return os.path.join(os.fspath(workdir), "export", "params")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> train.TrainState:
+  train.initialize(config)
+  if config.task.name in PREPARE:
+    PREPARE[config.task.name](config)
+  return train.train_and_evaluate(config, workdir, tasks.get_task(config, workdir))
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Any:
+  """tasks.evaluate_checkpoint, with an ASR run's results table printed (it is written under <workdir>/results)."""
+  table = tasks.evaluate_checkpoint(config, workdir)
+  if isinstance(table, dict) and "splits" in table:
+    print(results.markdown_table(table))
+    print(f"Results: {results.results_dir(workdir, config.task.decoding)}")
+  return table
 
 
 def _export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
@@ -38,19 +61,8 @@ def _export(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> st
   return path
 
 
-# task name -> its full evaluation; tasks not listed use the trainer's eval-split evaluation.
-EVALUATORS: dict[str, Callable[[ml_collections.ConfigDict, str | os.PathLike], Any]] = {
-    "asr_ctc": asr_eval.evaluate_asr,
-    "asr_transducer": asr_eval.evaluate_asr,
-}
-
-
-def _evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Any:
-  return EVALUATORS.get(config.task.name, train.evaluate)(config, workdir)
-
-
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str | os.PathLike], Any]] = {
-    "train": train.train_and_evaluate,
+    "train": _train,
     "eval": _evaluate,
     "export": _export,
     "fuse": fusion.fuse,

@@ -34,3 +34,19 @@ def test_unknown_nested_key_and_bad_value_name_the_key(tmp_path):
 def test_unknown_recipe_argument_names_it(tmp_path):
   result = _launch("--config=configs/asr_conformer_ctc.py:tiny,colour=red", workdir=tmp_path)
   assert result.returncode != 0 and "'colour'" in result.stderr
+
+
+def test_unknown_size_is_one_line(tmp_path):
+  result = _launch("--config=configs/asr_conformer_ctc.py:huge", workdir=tmp_path)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "unknown size 'huge'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_eval_without_a_checkpoint_is_one_line_and_builds_nothing(tmp_path):
+  data = tmp_path / "data"
+  result = _launch("--config=configs/asr_conformer_ctc.py:smoke", f"--config.data.data_dir={data}", "--mode=eval",
+                   workdir=tmp_path / "run")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "no checkpoint in" in result.stderr.strip().splitlines()[-1]
+  assert not data.exists()  # no corpus built
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.txt"]  # no tokenizer, no CMVN

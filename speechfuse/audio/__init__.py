@@ -20,4 +20,5 @@ from speechfuse.audio.features import (
     mfcc_39,
     num_frames,
 )
+from speechfuse.audio.frames import FrameGrid, compose, kaldi_frame_count, kaldi_grid, sample_grid
 from speechfuse.audio.normalize import CMVNStats, accumulate, apply_global_cmvn, per_utterance_cmvn

@@ -27,6 +27,8 @@ def read_audio(path: str | os.PathLike, target_sample_rate: int | None = None) -
   Raises:
     AudioReadError: the file is missing, corrupt, empty or not audio; the message names the file.
   """
+  if not os.path.isfile(path):
+    raise AudioReadError(f"audio file {os.fspath(path)!r} not found")
   try:
     data, sample_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
   except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError, TypeError...

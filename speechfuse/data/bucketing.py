@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from speechfuse.audio.augment import speed_perturbed_length
+from speechfuse.data.schema import TEXT_FIELDS
 
 DROP_REASONS = ("audio_too_long", "labels_too_long")
 
@@ -50,17 +51,25 @@ class PlannedBatch(NamedTuple):
   factors: np.ndarray  # float64 [rows]: speed perturbation factors; 1.0 leaves the audio as it is
 
 
-def pad_batch(examples: Sequence[dict[str, Any]], shape: BucketShape, pad_id: int) -> dict[str, np.ndarray]:
+def pad_batch(examples: Sequence[dict[str, Any]], shape: BucketShape, pad_id: int, fields: Sequence[str] = (),
+              sample_rate: int = 16000) -> dict[str, np.ndarray]:
   """Stacks `examples` into one batch of `shape`, padding rows past len(examples) with `mask` 0.
 
   Args:
     examples: at most `shape.batch_size` dicts with `id` str, `audio` int16 [samples <= num_samples],
-      `labels` int [tokens <= num_labels].
+      `labels` int [tokens <= num_labels], and the record fields `fields`.
     shape: the padded batch shape.
     pad_id: fills `labels` past each example's length and the rows of padding examples.
+    fields: record fields to carry (speechfuse.data.pipeline's `fields`): text fields as host strings [batch];
+      timings [batch, num_labels, 2] float32 with <field>_lengths; video [batch, frames, height, width(, 3)]
+      uint8 with video_lengths, frames = the bucket's duration at the records' frame rate.
+    sample_rate: Hz of the audio, for the video capacity.
 
   Returns:
     The batch dict of the pipeline's batch format.
+
+  Raises:
+    ValueError: an example's timings or video do not fit the bucket (named by its id).
   """
   batch = {
       "audio": np.zeros((shape.batch_size, shape.num_samples), np.int16),
@@ -79,7 +88,36 @@ def pad_batch(examples: Sequence[dict[str, Any]], shape: BucketShape, pad_id: in
     batch["mask"][row] = 1.0
     ids[row] = example["id"]
   batch["ids"] = np.asarray(ids, dtype=str)
+  for field in fields:
+    batch.update(_pad_field(field, examples, shape, sample_rate))
   return batch
+
+
+def _pad_field(field: str, examples: Sequence[dict[str, Any]], shape: BucketShape,
+               sample_rate: int) -> dict[str, np.ndarray]:
+  """One record field of a batch (pad_batch's `fields`), padded to the bucket's capacity."""
+  rows = shape.batch_size
+  if field in TEXT_FIELDS:
+    return {field: np.asarray([str(e[field]) for e in examples] + [""] * (rows - len(examples)), dtype=str)}
+  values = [np.asarray(e[field]) for e in examples]
+  if field == "video":
+    fps = {float(e["video_fps"]) for e in examples}
+    if len(fps) > 1:
+      raise ValueError(f"one batch holds videos at {sorted(fps)} frames per second; a dataset has one rate")
+    capacity = int(np.ceil(shape.num_samples / sample_rate * fps.pop())) if examples else 0
+    frame_shape = values[0].shape[1:] if values else (0, 0)
+    out = np.zeros((rows, capacity, *frame_shape), np.uint8)
+  else:  # timings: one [start, end] row per phone or word, at most the bucket's label capacity
+    capacity = shape.num_labels
+    out = np.zeros((rows, capacity, 2), np.float32)
+  lengths = np.zeros((rows,), np.int32)
+  for row, (example, value) in enumerate(zip(examples, values)):
+    if len(value) > capacity or value.shape[1:] != out.shape[2:]:
+      raise ValueError(f"example {example['id']!r}: its {field} {value.shape} does not fit the bucket's "
+                       f"{out.shape[1:]}")
+    out[row, :len(value)] = value
+    lengths[row] = len(value)
+  return {field: out, f"{field}_lengths": lengths}
 
 
 def plan_batches(

@@ -113,16 +113,19 @@ def train_source(config: ml_collections.ConfigDict) -> storage.SplitSource | Sub
 
 
 def feature_stats(source: storage.SplitSource, *, num_mel_bins: int = 80, max_utterances: int | None = 2000,
-                  batch_size: int = 16) -> normalize.CMVNStats:
-  """Global mean/variance statistics of log-mel features over (the first `max_utterances` of) `source`.
+                  batch_size: int = 16, seed: int = 0) -> normalize.CMVNStats:
+  """Global mean/variance statistics of log-mel features over `max_utterances` utterances of `source`.
 
-  Utterances are padded to a multiple of one second and batched so the jitted front end compiles for a
-  handful of shapes only; padding frames do not enter the statistics.
+  The utterances are a seeded random sample (all of them when the split is not larger): storage order groups
+  speakers and recording conditions, so its first utterances would be a biased sample. Utterances are padded to
+  a multiple of one second and batched so the jitted front end compiles for a handful of shapes only; padding
+  frames do not enter the statistics.
   """
   count = len(source) if max_utterances is None else min(len(source), max_utterances)
+  chosen = np.sort(np.random.default_rng(seed).permutation(len(source))[:count])
   stats = normalize.CMVNStats.empty(num_mel_bins)
   for start in range(0, count, batch_size):
-    records = [source[i] for i in range(start, min(start + batch_size, count))]
+    records = [source[int(i)] for i in chosen[start:start + batch_size]]
     rate = records[0]["sample_rate"]
     lengths = np.array([len(r["audio"]) for r in records], np.int32)
     padded = -(-lengths.max() // rate) * rate

@@ -49,8 +49,16 @@ Batch format — the contract with the trainer and the models — a dict of nump
   mask:           float32 [batch], 1 for a real example, 0 for a padding row (all lengths 0, id "").
   ids:            str [batch], the examples' ids; host-only (`HOST_ONLY_KEYS`): the trainer drops it
                   before sending the batch to the devices.
+  and, for each record field named in `fields` (a task asks for what it needs: speaker, text, phonemes,
+  translation as host strings [batch]; phoneme_timings / word_timings float32 [batch, max_labels, 2] with
+  <field>_lengths; video uint8 [batch, frames, height, width(, 3)] with video_lengths, frames = the bucket's
+  duration at the videos' frame rate; bucketing.pad_batch).
 (batch * shard_count, samples, max_labels) is always one of `bucket_shapes(config)` (evaluation's
 overlong batches aside).
+
+Training may add noise (`noise`): with probability noise.prob an utterance gets a noise recording (from the
+dataset noise.corpus, or generated white / pink / brown noise) at an SNR uniform in noise.snr_db, drawn from the
+batch's position in the stream, so a resumed run adds the same noise.
 
 Checkpointing: the iterators' `get_state()` is a small JSON-serialisable dict — the position of the next
 batch in the global plan, the drops so far and the bucket shapes — and `set_state()` makes a fresh
@@ -70,7 +78,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from speechfuse.audio.augment import speed_perturb
+from speechfuse.audio.augment import random_add_noise, speed_perturb
+from speechfuse.data import noise as noise_lib, schema
 from speechfuse.data.bucketing import DROP_REASONS, BucketShape, PlannedBatch, StreamPlan, pad_batch
 from speechfuse.text.base import Tokenizer
 
@@ -87,6 +96,8 @@ __all__ = [
 
 # Batch keys that stay on the host: the trainer removes them before device_put.
 HOST_ONLY_KEYS = ("ids",)
+# Record fields a batch may carry (`fields`): every schema field but the audio and its bookkeeping.
+FIELDS = ("text", "speaker") + schema.OPTIONAL_FIELDS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -107,6 +118,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever (training only)
   config.speed_perturb = False  # training only: random speed perturbation (Ko et al. 2015)
   config.speed_perturb_factors = (0.9, 1.0, 1.1)
+  # Training only: additive noise (Ko et al. 2017 style augmentation) on a share `prob` of the utterances.
+  config.noise = ml_collections.ConfigDict({
+      "prob": 0.0,  # 0 disables
+      "snr_db": (5.0, 20.0),  # SNR drawn uniformly in this range
+      "corpus": "",  # a dataset of noise recordings (speechfuse-prepare manifest); "" generates coloured noise
+      "split": "train",  # its split
+  })
+  # Record fields the batches carry besides audio and labels (schema.record_fields; tasks add what they need).
+  config.fields = ()
   config.worker_count = 0  # worker processes loading batches; 0: all in this process
   config.worker_buffer_size = 2  # batches each worker keeps ahead
   config.read_threads = 2  # threads per process loading batches; 0 (or read_buffer_size 0) loads inline
@@ -142,6 +162,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key} must be non-negative, got {config[key]}")
   if config.worker_count and config.worker_buffer_size < 1:
     raise ValueError("config.worker_buffer_size must be at least 1 when config.worker_count > 0")
+  unknown = sorted(set(config.fields) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"config.fields has {unknown}, which no record carries; choose from {FIELDS}")
+  timed = sorted(set(config.fields) & {"phoneme_timings", "word_timings", "video"})
+  if config.speed_perturb and timed:
+    raise ValueError(f"config.speed_perturb must be False with config.fields {timed}: perturbed audio no longer lines "
+                     "up with them")
+  low, high = config.noise.snr_db
+  if not 0.0 <= config.noise.prob <= 1.0 or low > high:
+    raise ValueError(f"config.noise.prob={config.noise.prob} must be in [0, 1] and config.noise.snr_db={low, high} "
+                     "a (low, high) range")
 
 
 def bucket_shapes(config: ml_collections.ConfigDict) -> list[BucketShape]:
@@ -189,8 +220,9 @@ def make_train_iterator(
   speed_factors = tuple(config.speed_perturb_factors) if config.speed_perturb else ()
   plan = StreamPlan(num_samples, num_labels, bucket_shapes(config), seed=seed, shuffle=config.shuffle,
                     num_epochs=config.num_epochs, speed_factors=speed_factors, sample_rate=config.sample_rate)
-  return _PlannedIterator(plan, _BatchLoader(source, tokenizer, plan, config.sample_rate, shard_index, shard_count),
-                          config)
+  noise = noise_lib.NoiseBank.from_config(config.noise, config.sample_rate) if config.noise.prob > 0 else None
+  loader = _BatchLoader(source, tokenizer, plan, config, shard_index, shard_count, noise=noise, seed=seed)
+  return _PlannedIterator(plan, loader, config)
 
 
 def make_eval_iterator(
@@ -215,8 +247,7 @@ def make_eval_iterator(
   plan = StreamPlan(num_samples, num_labels, bucket_shapes(config), seed=0, shuffle=False, num_epochs=1,
                     sample_rate=config.sample_rate, keep_overlong=True,
                     overlong_batch_size=config.batch_multiple)
-  return _PlannedIterator(plan, _BatchLoader(source, tokenizer, plan, config.sample_rate, shard_index, shard_count),
-                          config)
+  return _PlannedIterator(plan, _BatchLoader(source, tokenizer, plan, config, shard_index, shard_count), config)
 
 
 def dropped_counts(state: dict[str, Any]) -> dict[str, int]:
@@ -238,21 +269,27 @@ class _BatchLoader:
   """
 
   def __init__(self, source: Sequence[dict[str, Any]], tokenizer: Tokenizer, plan: StreamPlan,
-               sample_rate: int, shard_index: int, shard_count: int):
+               config: ml_collections.ConfigDict, shard_index: int, shard_count: int, *,
+               noise: noise_lib.NoiseBank | None = None, seed: int = 0):
     self._source, self._tokenizer, self._plan = source, tokenizer, plan
-    self._sample_rate = sample_rate
+    self._sample_rate, self._fields = config.sample_rate, tuple(config.fields)
+    self._noise, self._noise_prob, self._snr_db = noise, config.noise.prob, tuple(config.noise.snr_db)
+    self._seed = seed
     self._shard_index, self._shard_count = shard_index, shard_count
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     planned: PlannedBatch = self._plan[index]
     rows = planned.shape.batch_size // self._shard_count
-    mine = slice(self._shard_index * rows, (self._shard_index + 1) * rows)
-    examples = [self._load(int(i), float(f)) for i, f in zip(planned.indices[mine], planned.factors[mine])]
-    return pad_batch(examples, planned.shape._replace(batch_size=rows), self._tokenizer.pad_id)
+    first = self._shard_index * rows
+    mine = slice(first, first + rows)
+    examples = [self._load(int(i), float(f), (index, first + row))
+                for row, (i, f) in enumerate(zip(planned.indices[mine], planned.factors[mine]))]
+    return pad_batch(examples, planned.shape._replace(batch_size=rows), self._tokenizer.pad_id, self._fields,
+                     self._sample_rate)
 
-  def _load(self, index: int, factor: float) -> dict[str, Any]:
-    """Source record `index` → {"id": str, "audio": int16 [samples], "labels": int32 [tokens]}, checked
-    against the lengths it was planned with."""
+  def _load(self, index: int, factor: float, position: tuple[int, int]) -> dict[str, Any]:
+    """Source record `index` (at global batch and row `position`) → {"id": str, "audio": int16 [samples], "labels":
+    int32 [tokens], and the requested fields}, checked against the lengths it was planned with."""
     record = self._source[index]
     example_id = str(record["id"])
     if record["sample_rate"] != self._sample_rate:
@@ -267,10 +304,21 @@ class _BatchLoader:
       raise ValueError(
           f"example {example_id!r} has {len(audio)} samples and {len(labels)} tokens, its metadata says "
           f"{self._plan.num_samples[index]} and {self._plan.num_labels[index]}: the source's index is stale")
+    missing = [field for field in self._fields if field not in record]
+    if missing:
+      raise ValueError(f"example {example_id!r} has no field {missing[0]!r}: its dataset does not store it")
     if factor != 1.0:
       perturbed = speed_perturb(audio, self._sample_rate, factor)  # float, int16 scale
       audio = np.clip(np.rint(perturbed), -32768, 32767).astype(np.int16)
-    return {"id": example_id, "audio": audio, "labels": labels}
+    if self._noise is not None:
+      rng = np.random.default_rng((self._seed, *position))  # a function of the stream position: resumable
+      if rng.uniform() < self._noise_prob:
+        noisy = random_add_noise(rng, audio.astype(np.float64), self._noise.noises, self._snr_db)
+        audio = np.clip(np.rint(noisy), -32768, 32767).astype(np.int16)
+    extra = {field: record[field] for field in self._fields}
+    if "video" in self._fields:
+      extra["video_fps"] = record["video_fps"]
+    return {"id": example_id, "audio": audio, "labels": labels, **extra}
 
 
 class _PlannedIterator(grain.DatasetIterator):

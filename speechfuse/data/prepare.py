@@ -115,19 +115,20 @@ def _prepare_librispeech(args: argparse.Namespace) -> pathlib.Path:
 
 
 def _prepare_manifests(args: argparse.Namespace) -> pathlib.Path:
-  entries = {}
+  entries, sources = {}, {}
   for spec in args.manifests:
     path, split = _split_of(spec)
     if split in entries:
       raise ValueError(f"split {split!r} named twice (from {spec!r}); name splits as MANIFEST:split")
     entries[split] = manifest.read_manifest(path, transcripts=args.transcripts)
+    sources[split] = str(path)
   if args.fields is None:
     present = manifest.present_fields([e for split_entries in entries.values() for e in split_entries])
     # Video needs decodable frame files and makes the dataset large: stored only when asked for.
     optional_fields = tuple(f for f in present if f != "video")
   else:
     optional_fields = tuple(args.fields)
-  return _write(args, entries, optional_fields, args.video_channels)
+  return _write(args, entries, optional_fields, args.video_channels, sources)
 
 
 def _prepare_lm(args: argparse.Namespace) -> str:
@@ -151,7 +152,7 @@ def _split_of(spec: str) -> tuple[pathlib.Path, str]:
 
 
 def _write(args: argparse.Namespace, entries: dict[str, list], optional_fields: Sequence[str],
-           video_channels: int) -> pathlib.Path:
+           video_channels: int, sources: dict[str, str] | None = None) -> pathlib.Path:
   def examples(split: str) -> Callable[[], Any]:
     return lambda: manifest.load_examples(
         entries[split], sample_rate=args.sample_rate, resample=args.resample,
@@ -161,4 +162,4 @@ def _write(args: argparse.Namespace, entries: dict[str, list], optional_fields: 
       args.out, args.name, {split: examples(split) for split in entries},
       optional_fields=optional_fields, video_channels=video_channels, expected_sample_rate=args.sample_rate,
       min_duration=args.min_duration, max_duration=args.max_duration, skip_bad=args.skip_bad,
-      description=f"speechfuse-prepare {args.command_line}")
+      description=f"speechfuse-prepare {args.command_line}", sources=sources)

@@ -99,6 +99,7 @@ def write_dataset(
     skip_bad: bool = True,
     fingerprint: str | None = None,
     description: str = "",
+    sources: Mapping[str, str] | None = None,
 ) -> pathlib.Path:
   """Writes a dataset to `root/name`, replacing any previous one of that name; returns that path.
 
@@ -115,10 +116,13 @@ def write_dataset(
       bad record raises `BadRecordError` and nothing is written.
     fingerprint: stored in the completion marker for `is_complete(path, fingerprint)`.
     description: stored in the tfds dataset info.
+    sources: split -> where its records come from (a manifest file), named in errors.
 
   Raises:
     BadRecordError: a bad record while `skip_bad` is False.
-    ValueError: an invalid name, split name or field declaration; a split left without records.
+    ValueError: an invalid name, split name or field declaration; a split left without records (the message
+      names the split's source and its first bad record, and `root/<name>.rejected.md` lists every one; nothing
+      of the dataset is written).
   """
   if not _NAME.match(name):
     raise ValueError(f"dataset name {name!r} must be lower_snake_case (a-z, 0-9, _), starting with a letter")
@@ -159,8 +163,14 @@ def write_dataset(
       split_stats.texts.append(item["text"])
       yield item
     if not split_stats.num_examples:
-      raise ValueError(f"dataset {name!r}, split {split!r}: no valid records "
-                       f"(skipped: {dict(split_stats.skipped) or 'none'})")
+      source = f" (from {sources[split]})" if sources and split in sources else ""
+      if not split_stats.bad_records:
+        raise ValueError(f"dataset {name!r}, split {split!r}{source}: no records")
+      report = _write_rejection(pathlib.Path(root), name, split_stats.bad_records)
+      first = split_stats.bad_records[0]
+      raise ValueError(f"dataset {name!r}, split {split!r}{source}: no valid records; all "
+                       f"{len(split_stats.bad_records)} skipped ({dict(split_stats.skipped)}), the first, "
+                       f"{first['id']!r}: {first['reason']}; every one is listed in {report}")
 
   # Imported here: readers of a dataset must not need the builder module.
   from speechfuse.data import tfds_builder  # pylint: disable=g-import-not-at-top
@@ -355,6 +365,18 @@ def _swap_into_place(built: pathlib.Path, final: pathlib.Path) -> None:
     os.rename(final, old)
   os.rename(built, final)
   shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_rejection(root: pathlib.Path, name: str, bad: Sequence[Mapping[str, str]]) -> pathlib.Path:
+  """`root/<name>.rejected.md`: the records of a dataset that could not be written, and why."""
+  root.mkdir(parents=True, exist_ok=True)
+  path = root / f"{name}.rejected.md"
+  lines = [f"# Dataset `{name}` was not written: a split has no valid record", "", "| split | record | reason |",
+           "|---|---|---|"] + [f"| {b['split']} | {b['id']} | {b['reason']} |" for b in bad]
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("\n".join(lines) + "\n")
+  os.replace(tmp, path)
+  return path
 
 
 def _report_markdown(report: dict[str, Any]) -> str:

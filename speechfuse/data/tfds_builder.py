@@ -66,6 +66,7 @@ def make_builder(
     description: str = "",
 ) -> SpeechDatasetBuilder:
   """A builder writing `splits` (split -> callable yielding records) to `data_dir/name/VERSION/`."""
+  tfds.disable_progress_bar()  # a run prints its own progress; tfds's bars would interleave with it
   builder_class = type(name, (SpeechDatasetBuilder,), {"name": name}, skip_registration=True)
   return builder_class(
       features=features, description=description, splits=splits, data_dir=data_dir,

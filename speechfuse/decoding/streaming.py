@@ -1,22 +1,69 @@
-"""Streaming (chunk-by-chunk) CTC greedy decoding for the online mode.
+"""Streaming drivers: an encoder fed chunk by chunk through its step API, and chunk-by-chunk CTC greedy decoding.
 
-The online mode runs the encoder with a chunk attention mask (ConformerEncoder's `chunk_size` /
-`num_left_chunks`, with `causal_conv=True`): an output frame in chunk c then depends on input chunks <= c
-only, so the log-probs of chunk c are final once its audio has arrived, and evaluating "online" is
-decoding those chunk-causal outputs. Greedy CTC needs one label of look-back across chunks (to merge a
-repeat that straddles the boundary), which `StreamingCTCDecoder` carries on the host; fed the chunks of
-an utterance in order it returns what `ctc_greedy` returns on their concatenation.
+`stream_encode` runs a streaming encoder (speechfuse.nn.streaming: `init_state` / `step`) over a padded batch
+of feature sequences, one chunk per `lax.scan` iteration, as a deployed model would receive them: step c reads
+only the feature frames of chunk c's window, so nothing of a later chunk (past the window's look-ahead) can
+reach its outputs. Its outputs equal the encoder's full-utterance forward under the same chunk mask; the online
+columns of the results tables are decoded from them.
+
+Greedy CTC needs one label of look-back across chunks (to merge a repeat that straddles the boundary), which
+`StreamingCTCDecoder` carries on the host; fed the chunks of an utterance in order it returns what
+`ctc_greedy` returns on their concatenation.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from speechfuse.decoding.ctc import collapse
+from speechfuse.nn import streaming
+
+# (window features [B, W, F], their valid frames [B], state) -> (outputs [B, C, D], valid outputs [B], state).
+StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, jax.Array, Any]]
+
+
+def chunk_count(frames: int, window: streaming.ChunkWindow, chunk_size: int) -> tuple[int, int]:
+  """(encoder frames, chunks) of `frames` feature frames: the encoder's own length and the chunks covering it."""
+  stride = window.stride // chunk_size
+  receptive = window.lookahead + stride
+  encoder_frames = max((frames - receptive) // stride + 1, 0)
+  return encoder_frames, max(-(-encoder_frames // chunk_size), 1)
+
+
+def stream_encode(step: StepFn, state: Any, features: jax.Array, lengths: jax.Array, window: streaming.ChunkWindow,
+                  chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """Encodes features chunk by chunk (module docstring); jit-able.
+
+  Args:
+    step: one chunk of the encoder (its `step` applied with the model's variables).
+    state: the encoder's `init_state` for this batch, chunk size and left context.
+    features: [B, T, F] padded features; lengths: [B] valid frames.
+    window: the encoder's chunk_window(chunk_size).
+    chunk_size: encoder frames per chunk.
+
+  Returns:
+    (x [B, T', D], lengths' [B]): T' = the encoder's full-utterance length of T frames, frames past lengths' zero.
+  """
+  batch, frames = features.shape[:2]
+  encoder_frames, chunks = chunk_count(frames, window, chunk_size)
+  padded = jnp.pad(features, ((0, 0), (0, max((chunks - 1) * window.stride + window.frames - frames, 0)), (0, 0)))
+
+  def body(state, chunk):
+    start = chunk * window.stride
+    chunk_features = jax.lax.dynamic_slice_in_dim(padded, start, window.frames, axis=1)
+    chunk_lengths = jnp.clip(lengths - start, 0, window.frames).astype(jnp.int32)
+    x, valid, state = step(chunk_features, chunk_lengths, state)
+    return state, (x, valid)
+
+  _, (x, valid) = jax.lax.scan(body, state, jnp.arange(chunks))
+  x = jnp.swapaxes(x, 0, 1).reshape(batch, chunks * chunk_size, x.shape[-1])
+  return x[:, :encoder_frames], valid.sum(axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("blank_id",))

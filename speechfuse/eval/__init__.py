@@ -1,6 +1,3 @@
-"""Evaluation: WER / CER (metrics), hypothesis confidences (confidence), result files (results), and the ASR
-evaluation driver `speechfuse.eval.asr.evaluate_asr(config, workdir, *, splits=None, checkpoint=None)`.
-
-metrics, confidence and results are plain functions the training tasks use too; the driver builds on
-speechfuse.train, so it is imported from its module (`from speechfuse.eval.asr import evaluate_asr`), not here.
+"""Evaluation: WER / CER (metrics), hypothesis confidences (confidence), result files and tables (results,
+comparison). Plain functions: the ASR evaluation driver that uses them is a task's (speechfuse.tasks.asr).
 """

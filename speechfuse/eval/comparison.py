@@ -4,9 +4,10 @@ A row is {"method", "params", "splits"}: the system's name, its parameter count 
 and the "splits" part of a speechfuse.eval.results table ({split: {mode: {"wer", "cer", ...}}}), which the
 evaluation driver and the fusion baselines both produce.
 
-JSON: {"title", "splits": [...], "modes": [...], "rows": [...]}. Markdown: the title, then one line per row:
-the parameter count in millions, then per split WER offline / online and CER offline / online, in percent ("-"
-where a row lacks a figure).
+JSON: {"title", "splits": [...], "modes": [...], "online", "rows": [...]}, "online" as in a results table (how
+the online columns streamed, results.latency_text). Markdown: the title, what "online" means, then one line per
+row: the parameter count in millions, then per split WER offline / online and CER offline / online, in percent
+("-" where a row lacks a figure); online headers carry the latency (chunk + look-ahead).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ def row(method: str, table: Mapping[str, Any], params: int | None, **extra: Any)
 
 
 def make_table(rows: Sequence[Mapping[str, Any]], splits: Sequence[str], modes: Sequence[str] = results.MODES,
-               title: str = "") -> dict[str, Any]:
-  """The comparison of `rows` on `splits` and `modes`, in that order, under `title` (what was compared, how)."""
-  return {"title": title, "splits": list(splits), "modes": list(modes), "rows": [dict(r) for r in rows]}
+               title: str = "", online: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The comparison of `rows` on `splits` and `modes`, in that order, under `title` (what was compared, how);
+  `online`: how the online columns were decoded (tasks.asr.online_latency)."""
+  modes = [mode for mode in modes if mode != "online" or online]
+  return {"title": title, "splits": list(splits), "modes": modes, "online": None if online is None else dict(online),
+          "rows": [dict(r) for r in rows]}
 
 
 def _cell(row_: Mapping[str, Any], split: str, mode: str, metric: str) -> str:
@@ -40,9 +44,14 @@ def _cell(row_: Mapping[str, Any], split: str, mode: str, metric: str) -> str:
 def markdown(table: Mapping[str, Any]) -> str:
   """The table as Markdown: its title, then method | params (M) | per split: WER offline, WER online, CER offline,
   CER online."""
+  online = table.get("online")
   columns = [(split, metric, mode) for split in table["splits"] for metric in METRICS for mode in table["modes"]]
-  header = ["method", "params (M)"] + [f"{split} {metric.upper()} {mode}" for split, metric, mode in columns]
+  label = lambda mode: (f"online ({online['chunk_ms'] + online['lookahead_ms']:g} ms)" if mode == "online" and online
+                        else mode)
+  header = ["method", "params (M)"] + [f"{split} {metric.upper()} {label(mode)}" for split, metric, mode in columns]
   lines = [table["title"], ""] if table.get("title") else []
+  if online:
+    lines += [f"Online: {results.latency_text(online)}.", ""]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in table["rows"]:
     size = "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}"

@@ -4,11 +4,12 @@ Per-utterance line: {"id", "reference", "hypothesis", "word_errors", "words", "c
 "confidence", "loss"}; errors are S + D + I against the reference, `words` / `chars` the reference length
 (speechfuse.eval.metrics), confidence as speechfuse.eval.confidence defines it.
 
-Table (JSON): {"step", "checkpoint", "online_chunk_size", "splits": {split: {mode: {"wer", "cer", "loss",
-"confidence", "utterances"}}}} with modes "offline" (full context) and "online" (chunked attention); step is
-None for results not read off one checkpoint (the fusion baselines combining two runs, speechfuse.fusion.baselines).
-A table may also say how it was decoded: "decoding": {"method", ...} (speechfuse.train.tasks.asr.decoding_settings),
-rendered as a line under the title. Results of greedy decoding live in <workdir>/results/ (what the fusion baselines
+Table (JSON): {"step", "checkpoint", "online", "splits": {split: {mode: {"wer", "cer", "loss", "confidence",
+"utterances"}}}} with modes "offline" (full context) and "online" (streaming: the encoder fed chunk by chunk);
+"online" says how: {"chunk_frames", "left_chunks", "chunk_ms", "lookahead_ms"} (None: no online column). step is
+None for results not read off one checkpoint (the OTF baselines combining two runs). A table may also say how it
+was decoded: "decoding": {"method", ...} (speechfuse.tasks.asr.decoding_settings), rendered as a line under the
+title. Results of greedy decoding live in <workdir>/results/ (what the fusion baselines
 read); the other decodings of the same run in <workdir>/results/<method>/ (`results_dir`), so they never overwrite
 them. The Markdown rendering has one row per split and WER / CER columns per mode, in percent.
 """
@@ -82,11 +83,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
   return summary
 
 
+def latency_text(online: Mapping[str, Any] | None) -> str:
+  """What the online column of a table means, e.g. "streaming, chunks of 16 encoder frames (all left context):
+  latency 320 ms + 25 ms look-ahead"."""
+  if not online:
+    return "no online column"
+  left = "all left context" if online["left_chunks"] < 0 else f"{online['left_chunks']} chunks of left context"
+  return (f"streaming, chunks of {online['chunk_frames']} encoder frames ({left}): latency {online['chunk_ms']:g} ms "
+          f"+ {online['lookahead_ms']:g} ms look-ahead")
+
+
 def markdown_table(table: Mapping[str, Any]) -> str:
   """The results table as Markdown: split | WER / CER offline | WER / CER online, in percent."""
-  chunk = table.get("online_chunk_size")
   source = table["checkpoint"] if table["step"] is None else f"step {table['step']} ({table['checkpoint']})"
-  lines = [f"Results of {source}; online = chunks of {chunk} encoder frames."]
+  lines = [f"Results of {source}; online = {latency_text(table.get('online'))}."]
   if "decoding" in table:
     settings = dict(table["decoding"])
     details = ", ".join(f"{key} {value}" for key, value in settings.items() if key != "method")

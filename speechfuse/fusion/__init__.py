@@ -1,4 +1,4 @@
-"""Model fusion through hidden spaces: specs per architecture, OT alignment, OTF, its baselines and loss landscapes.
+"""Model fusion through hidden spaces: specs per architecture, OT alignment, OTF and direct averaging.
 
   spec           the data model: Member / Part / Space / Fixed / Spec, validation of full coverage
   architectures  conformer_ctc_spec, transformer_ctc_spec, read off a variables dict (any size); ctc_activations
@@ -7,9 +7,8 @@
   align          align.align: one OT map per space in dependency order (exact or ott-jax Sinkhorn), with a report
   otf            otf_fuse (align SL onto SSL, then average) and direct_average
   fuse           `--mode=fuse`: default_config (config.fusion) and fuse(config, workdir) -> <workdir>/fused
-  baselines      SBF (select_by_confidence), the oracle upper bound, combine_results over two evaluated runs
-  landscape      loss along (1 - a) theta_0 + a theta (the paper's Fig. 2): interpolate, write_csv, plot
-                 (imported as speechfuse.fusion.landscape; EBF is a model, speechfuse.models.ensemble)
+The OTF paper's comparison (its baselines SBF / EBF / upper bound, the loss landscape, the pipeline) is the
+project speechfuse.projects.otf; EBF's model is speechfuse.models.ensemble.
 
 Functions take variables dicts {"params": ..., "batch_stats": ...} (a TrainState's {"params": params, **extra}),
 boxed or plain, and return plain arrays.
@@ -17,7 +16,6 @@ boxed or plain, and return plain arrays.
 
 from speechfuse.fusion.align import SOLVERS, SpaceReport
 from speechfuse.fusion.architectures import conformer_ctc_spec, ctc_activations, transformer_ctc_spec
-from speechfuse.fusion.baselines import combine_results, oracle, select_by_confidence
 from speechfuse.fusion.fuse import default_config, fuse
 from speechfuse.fusion.otf import direct_average, otf_fuse
 from speechfuse.fusion.permute import random_permutation

@@ -5,7 +5,7 @@
 
 Reads config.fusion (`default_config`) and config.model (the members' CTC model: its encoder architecture picks
 the hidden-space spec) and writes
-  <workdir>/fused/params       variables (checkpoint.load_variables), for evaluate_asr(..., checkpoint=...) or as
+  <workdir>/fused/params       variables (train.load_variables), for tasks.evaluate_checkpoint(checkpoint=...) or as
                                task.init_from with task.init_encoder_only=False (moderate fine-tuning, MFT)
   <workdir>/fused/report.json  method, solver, weight, options, wall time and, per hidden space: units, transport
   <workdir>/fused/report.md    cost, the identity plan's cost, mean largest map entry, whether Sinkhorn converged
@@ -36,8 +36,9 @@ from absl import logging
 
 from speechfuse.fusion import align, architectures, otf
 from speechfuse.fusion import spec as spec_lib
-from speechfuse.train import checkpoint, tasks
-from speechfuse.train.tasks import asr
+from speechfuse import tasks
+from speechfuse.tasks import asr
+from speechfuse.train import checkpoint
 
 FUSED_DIR = "fused"
 METHODS = ("otf", "direct")

@@ -4,8 +4,8 @@ Four steps, split as in k2 so that a model can run its own joiner between them:
 1. `rnnt_loss_smoothed`: the "simple" loss of a trivial joiner, logits(t, u) = am[t] + lm[u], whose
    normaliser logsumexp_v(am[t, v] + lm[u, v]) is one [T, V] x [V, U+1] matmul of exponentials, so no
    [B, T, U+1, V] tensor exists. It also returns the occupation probability of every lattice move.
-2. `get_rnnt_prune_ranges`: per frame, the s_range consecutive rows u holding the most occupation mass,
-   made monotone and connected so that at least one complete path survives.
+2. `get_rnnt_prune_ranges`: per frame, the s_range consecutive rows u through which the most paths cross that
+   frame (k2's criterion), made monotone and connected so that at least one complete path survives.
 3. `do_rnnt_pruning`: gathers the joiner inputs at those rows, [B, T, s_range, D]; the caller's joiner
    turns them into logits [B, T, s_range, V].
 4. `rnnt_loss_pruned`: the RNN-T recursion of `transducer.py` on the full [B, T, U+1] lattice, with the
@@ -118,10 +118,13 @@ def get_rnnt_prune_ranges(
 ) -> jax.Array:
   """The lattice rows kept for each frame: s_range consecutive rows starting at s_begin[b, t].
 
-  s_begin is the start of the window of s_range rows holding the most occupation mass at frame t, then
-  (k2's `_adjust_pruning_lower_bound`) made non-decreasing in t with steps of at most s_range - 1 and
-  s_begin[0] = 0, so that the kept cells contain a connected path; from the last valid frame on, the
-  window ends at row U_b so that the path can finish. That needs U_b <= (s_range - 1) * T_b.
+  k2's criterion (get_rnnt_prune_ranges; Kuang et al. 2022, Sec. 3.2): s_begin maximises, over windows of s_range
+  rows at frame t, the occupation of the blank moves out of the window's rows (every path leaves frame t by
+  exactly one blank move) minus the occupation of the emission into its first row from the row below at frame t
+  (a path entering that way spent part of frame t outside the window). Then (k2's `_adjust_pruning_lower_bound`)
+  it is made non-decreasing in t with steps of at most s_range - 1 and s_begin[0] = 0, so that the kept cells
+  contain a connected path; from the last valid frame on, the window ends at row U_b so that the path can finish.
+  That needs U_b <= (s_range - 1) * T_b.
 
   Args:
     emit_occupancy: [B, T, U+1] from `rnnt_loss_smoothed`.
@@ -136,10 +139,10 @@ def get_rnnt_prune_ranges(
   """
   frames, nodes = emit_occupancy.shape[1:]
   s_range = min(s_range, nodes)
-  node_occupancy = emit_occupancy + blank_occupancy  # every path leaves a node it visits exactly once
-  cumulative = jnp.cumsum(jnp.pad(node_occupancy, ((0, 0), (0, 0), (1, 0))), axis=-1)
-  window_mass = cumulative[..., s_range:] - cumulative[..., :-s_range]  # [B, T, U+2-s_range]
-  s_begin = jnp.argmax(window_mass, axis=-1).astype(jnp.int32)
+  cumulative = jnp.cumsum(jnp.pad(blank_occupancy, ((0, 0), (0, 0), (1, 0))), axis=-1)
+  blank_mass = cumulative[..., s_range:] - cumulative[..., :-s_range]  # [B, T, U+2-s_range]: rows s..s+R-1
+  entering = jnp.pad(emit_occupancy, ((0, 0), (0, 0), (1, 0)))[..., :nodes - s_range + 1]  # row s-1 -> s
+  s_begin = jnp.argmax(blank_mass - entering, axis=-1).astype(jnp.int32)
 
   t = jnp.arange(frames, dtype=jnp.int32)[None, :]
   final_begin = jnp.maximum(label_lengths - s_range + 1, 0).astype(jnp.int32)[:, None]

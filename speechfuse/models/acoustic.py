@@ -1,38 +1,42 @@
-"""What every ASR model shares: waveform -> log-mel + global CMVN -> SpecAugment (training) -> encoder.
+"""What every model on audio shares: waveform -> front end (+ SpecAugment in training) -> encoder, offline or streaming.
 
-The front end runs inside the model, so feature extraction is jitted on the device with the step. The
-CMVN statistics are the training data's (speechfuse.data.inputs.feature_stats), saved with the run; they
-are module constants, not parameters, so fusion and averaging never touch them.
+The front end runs inside the model, so feature extraction is jitted on the device with the step. The encoder
+(models.encoders, by name) says which front end it reads (FRONTENDS):
+  "fbank"     Kaldi log-mel + the training data's global CMVN (speechfuse.data.inputs.feature_stats, saved with the
+              run; module constants, not parameters, so fusion and averaging never touch them), then SpecAugment
+  "waveform"  the int16 waveform scaled to [-1, 1] (wav2vec 2.0 / HuBERT; SpecAugment does not apply)
+
+`AcousticModel` is the base of the ASR models: `encode` (offline, or chunk-masked for training and tests) and the
+streaming API (speechfuse.nn.streaming) that `online_encode` drives chunk by chunk (speechfuse.decoding's
+stream_encode), with `latency_ms` saying how long a chunk's outputs wait for audio.
 
 Config sections read here (each recipe writes them in full, see `default_frontend_config` and friends):
-  model.frontend:     num_mel_bins, dither
+  model.frontend:     num_mel_bins, dither (fbank encoders)
   model.spec_augment: enabled and the keyword arguments of speechfuse.audio.spec_augment
-  model.encoder:      architecture ("conformer" | "transformer") and that encoder's attributes
+  model.encoder:      architecture (models.encoders.ENCODERS) and that encoder's attributes
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from speechfuse import audio as audio_lib, nn as sf_nn
-from speechfuse.nn import attention
+from speechfuse import audio as audio_lib
+from speechfuse.audio import frames
+from speechfuse.decoding import streaming as streaming_decoding
+from speechfuse.models import encoders
+from speechfuse.nn import attention, streaming
 
-# Encoder attributes a config may set, by architecture (sizes come from speechfuse.nn.encoder_size).
-_COMMON_ENCODER_KEYS = ("num_blocks", "d_model", "num_heads", "ffn_dim", "subsampling", "subsampling_factor",
-                        "subsampling_channels", "dropout_rate", "attention_dropout_rate", "dynamic_chunk_training",
-                        "full_context_prob", "max_chunk_size", "dynamic_left_chunks", "remat")
-ENCODER_KEYS = {
-    "conformer": _COMMON_ENCODER_KEYS + ("conv_kernel", "conv_norm", "causal_conv"),
-    "transformer": _COMMON_ENCODER_KEYS + ("pre_norm", "positions", "ffn_activation"),
-}
 SPEC_AUGMENT_KEYS = ("num_freq_masks", "max_freq_width", "num_time_masks", "time_mask_multiplicity_ratio",
                      "max_time_width_ratio")
 # RNG streams a training apply needs: "dropout" (dropout and dynamic chunk sizes), "spec_augment", "dither".
 RNG_STREAMS = ("dropout", "spec_augment", "dither")
+FRAME_LENGTH_MS, FRAME_SHIFT_MS = frames.KALDI_FRAME_LENGTH_MS, frames.KALDI_FRAME_SHIFT_MS  # fbank's frames
 
 
 def default_frontend_config() -> ml_collections.ConfigDict:
@@ -54,51 +58,44 @@ def default_spec_augment_config() -> ml_collections.ConfigDict:
   })
 
 
-def default_encoder_config(architecture: str = "conformer", size: str = "tiny") -> ml_collections.ConfigDict:
-  """Every attribute of the `architecture` encoder, sized by speechfuse.nn.encoder_size(size)."""
-  config = ml_collections.ConfigDict({"architecture": architecture, **sf_nn.encoder_size(size, architecture)})
-  config.subsampling = "conv2d"  # "conv2d" (x4/6/8) or "conv1d" (x2/4)
-  config.subsampling_factor = 4  # 40 ms output frames, as WeNet / ESPnet Conformer-CTC
-  config.subsampling_channels = ml_collections.config_dict.placeholder(int)  # None: d_model
-  config.dropout_rate = 0.1
-  config.attention_dropout_rate = 0.0
-  # Dynamic chunk training (WeNet / UFO2): one model for offline and streaming decoding.
-  config.dynamic_chunk_training = False
-  config.full_context_prob = 0.5  # share of batches trained with full context
-  config.max_chunk_size = 25  # chunks drawn from [1, 25] encoder frames otherwise
-  config.dynamic_left_chunks = False  # also draw a limited left context
-  config.remat = False  # rematerialise blocks in the backward pass (less memory)
-  if architecture == "conformer":
-    config.conv_norm = "batch_norm"  # conv module norm: "batch_norm" or "layer_norm"
-    config.causal_conv = False  # causal depthwise conv, for truly streaming chunks
-  else:
-    config.pre_norm = True
-    config.positions = "absolute"  # "absolute" or "relative"
-    config.ffn_activation = "relu"
-  return config
+def needs_cmvn(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model of config (model) reads normalised fbank features, i.e. needs the run's CMVN statistics."""
+  return encoders.inputs(config.encoder) == "fbank"
 
 
-def make_encoder(config: ml_collections.ConfigDict, dtype: Any) -> nn.Module:
-  """The encoder of config (model.encoder); an unknown architecture or key raises a ValueError naming it."""
-  architecture = config.architecture
-  if architecture not in ENCODER_KEYS:
-    raise ValueError(f"config.model.encoder.architecture={architecture!r} is unknown; choose from {sorted(ENCODER_KEYS)}")
-  kwargs = {key: value for key, value in config.items() if key != "architecture"}
-  unknown = sorted(set(kwargs) - set(ENCODER_KEYS[architecture]))
-  if unknown:
-    raise ValueError(f"config.model.encoder has keys {unknown} that a {architecture} encoder does not take")
-  module = sf_nn.ConformerEncoder if architecture == "conformer" else sf_nn.TransformerEncoder
-  return module(**kwargs, dtype=dtype)
+class WaveformFrontend(nn.Module):
+  """int16-scale waveforms -> floats in [-1, 1], the waveform encoders' input; no parameters."""
+
+  def __call__(self, audio: jax.Array, lengths: jax.Array, *, deterministic: bool = True):
+    """audio [batch, samples], lengths [batch] -> (waveform [batch, samples] float32, lengths)."""
+    del deterministic
+    return audio.astype(jnp.float32) / 32768.0, lengths
 
 
-def make_frontend(config: ml_collections.ConfigDict, cmvn: audio_lib.CMVNStats) -> nn.Module:
-  """Kaldi fbank of config (model.frontend) normalised with the training data's global statistics."""
-  if cmvn.dim != config.num_mel_bins:
+def _fbank_frontend(config: ml_collections.ConfigDict, cmvn: audio_lib.CMVNStats | None) -> nn.Module:
+  """Kaldi fbank of config (model.frontend) normalised with the training data's global statistics `cmvn`."""
+  frontend = config.frontend
+  if cmvn is None:
+    raise ValueError(f"the {config.encoder.architecture} encoder reads fbank features, which need CMVN statistics")
+  if cmvn.dim != frontend.num_mel_bins:
     raise ValueError(f"the CMVN statistics have {cmvn.dim} dims but config.model.frontend.num_mel_bins="
-                     f"{config.num_mel_bins}")
-  return audio_lib.LogMelFrontend(kind="fbank", num_mel_bins=config.num_mel_bins, dither=config.dither,
-                              normalization="global", mean=tuple(float(x) for x in cmvn.mean()),
-                              std=tuple(float(x) for x in cmvn.std()))
+                     f"{frontend.num_mel_bins}")
+  return audio_lib.LogMelFrontend(kind="fbank", num_mel_bins=frontend.num_mel_bins, dither=frontend.dither,
+                                  frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS,
+                                  normalization="global", mean=tuple(float(x) for x in cmvn.mean()),
+                                  std=tuple(float(x) for x in cmvn.std()))
+
+
+# Front ends by name (what an encoder type's `inputs` names): (config.model, CMVN statistics) -> flax module.
+FRONTENDS: dict[str, Callable[[ml_collections.ConfigDict, audio_lib.CMVNStats | None], nn.Module]] = {
+    "fbank": _fbank_frontend,
+    "waveform": lambda config, cmvn: WaveformFrontend(),
+}
+
+
+def make_frontend(config: ml_collections.ConfigDict, cmvn: audio_lib.CMVNStats | None) -> nn.Module:
+  """The front end the encoder of config (model) reads (FRONTENDS[encoders.inputs(config.encoder)])."""
+  return FRONTENDS[encoders.inputs(config.encoder)](config, cmvn)
 
 
 class SpecAugment(nn.Module):
@@ -125,22 +122,91 @@ class SpecAugment(nn.Module):
 
 
 def make_spec_augment(config: ml_collections.ConfigDict) -> SpecAugment:
-  return SpecAugment(enabled=config.enabled, **{key: config[key] for key in SPEC_AUGMENT_KEYS})
+  """SpecAugment of config (model.spec_augment) for the model's encoder; only fbank encoders take it."""
+  augment = config.spec_augment
+  if augment.enabled and encoders.inputs(config.encoder) != "fbank":
+    raise ValueError(f"config.model.spec_augment.enabled=True: SpecAugment masks fbank frames, and the "
+                     f"{config.encoder.architecture} encoder reads the waveform; set it to False")
+  return SpecAugment(enabled=augment.enabled, **{key: augment[key] for key in SPEC_AUGMENT_KEYS})
 
 
-def encode(module: nn.Module, audio: jax.Array, audio_lengths: jax.Array, *, train: bool,
-           chunk_size: attention.IntLike | None, num_left_chunks: attention.IntLike) -> tuple[jax.Array, jax.Array]:
-  """Front end -> SpecAugment -> encoder of a model with submodules `frontend`, `spec_augment`, `encoder`.
+class AcousticModel(nn.Module):
+  """Front end -> SpecAugment (training) -> encoder, the base of the ASR models; subclasses add their heads.
 
-  Args:
-    audio: int16 (or int16-scaled float) waveforms [batch, samples], zero past audio_lengths.
-    audio_lengths: [batch] valid samples.
-    train: SpecAugment, dither, dropout, BatchNorm batch statistics, dynamic chunks.
-    chunk_size, num_left_chunks: attention chunking for streaming evaluation (None: full context).
+  Attributes:
+    frontend: make_frontend's module.
+    spec_augment: SpecAugment (the identity outside training).
+    encoder: models.encoders.make_encoder's module.
+  """
+  frontend: nn.Module
+  spec_augment: nn.Module
+  encoder: nn.Module
+
+  def features(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """audio: int16 [batch, samples], audio_lengths: [batch] -> (the encoder's input [batch, frames, ...], lengths).
+
+    Fbank frames are computed frame by frame (snip_edges, no utterance-level normalisation), so computing them
+    for a whole utterance gives the frames a stream computes as its audio arrives.
+    """
+    features, frame_lengths = self.frontend(audio, audio_lengths, deterministic=not train)
+    return self.spec_augment(features, frame_lengths, train=train), frame_lengths
+
+  def encode(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
+             chunk_size: attention.IntLike | None = None,
+             num_left_chunks: attention.IntLike = -1) -> tuple[jax.Array, jax.Array]:
+    """audio int16 [batch, samples], audio_lengths [batch] -> (x [batch, frames', d_model] with padding zeroed,
+    lengths' [batch]).
+
+    train: SpecAugment, dither, dropout, BatchNorm batch statistics, dynamic chunks. chunk_size / num_left_chunks:
+    the chunk attention mask (None: full context) for training and tests; streaming evaluation goes through
+    `online_encode`, which feeds the encoder chunk by chunk.
+    """
+    features, frame_lengths = self.features(audio, audio_lengths, train=train)
+    return self.encoder(features, frame_lengths, train=train, chunk_size=chunk_size,
+                        num_left_chunks=num_left_chunks)[:2]
+
+  # The streaming API (speechfuse.nn.streaming), on the encoder's step.
+
+  def chunk_window(self, chunk_size: int) -> streaming.ChunkWindow:
+    return self.encoder.chunk_window(chunk_size)
+
+  def init_stream(self, batch_size: int, chunk_size: int, num_left_chunks: int, max_frames: int) -> Any:
+    return self.encoder.init_state(batch_size, chunk_size, num_left_chunks, max_frames)
+
+  def stream_step(self, features: jax.Array, lengths: jax.Array, state: Any) -> tuple[jax.Array, jax.Array, Any]:
+    """One chunk's window of features [batch, window, ...] with `lengths` valid frames -> (x [batch, chunk, D],
+    valid frames [batch], state)."""
+    return self.encoder.step(features, lengths, state)
+
+
+def online_encode(model: AcousticModel, variables: Any, audio: jax.Array, audio_lengths: jax.Array, *,
+                  chunk_size: int, num_left_chunks: int) -> tuple[jax.Array, jax.Array]:
+  """The model's encoder output as a deployed streaming model computes it: front end, then one encoder step per
+  chunk of `chunk_size` encoder frames with `num_left_chunks` chunks of left context (-1: all); jit-able.
 
   Returns:
-    (x [batch, frames', d_model] with padding frames zeroed, lengths' [batch]).
+    (x [batch, frames', D], lengths' [batch]), equal to model.encode with the same chunk mask.
+
+  Raises:
+    ValueError: the encoder does not stream (a symmetric convolution, a waveform encoder).
   """
-  features, frame_lengths = module.frontend(audio, audio_lengths, deterministic=not train)
-  features = module.spec_augment(features, frame_lengths, train=train)
-  return module.encoder(features, frame_lengths, train=train, chunk_size=chunk_size, num_left_chunks=num_left_chunks)
+  features, lengths = model.apply(variables, audio, audio_lengths, method="features")
+  window = model.chunk_window(chunk_size)
+  frames, _ = streaming_decoding.chunk_count(features.shape[1], window, chunk_size)
+  state = model.init_stream(features.shape[0], chunk_size, num_left_chunks, max(frames, 1))
+  step = lambda chunk, chunk_lengths, state: model.apply(variables, chunk, chunk_lengths, state,
+                                                         method="stream_step")
+  return streaming_decoding.stream_encode(step, state, features, lengths, window, chunk_size)
+
+
+def latency_ms(config: ml_collections.ConfigDict, chunk_size: int) -> tuple[float, float]:
+  """(chunk, look-ahead) in ms of the streaming model of config (model): a chunk of `chunk_size` encoder frames
+  spans chunk ms of audio, and its last output also reads the look-ahead past it (the subsampling's right context
+  and the last fbank window's overhang)."""
+  encoder = config.encoder
+  if not encoders.streams(encoder):
+    raise ValueError(f"the {encoder.architecture} encoder does not stream"
+                     + (f" (config.model.encoder.conv_context={encoder.conv_context!r})" if "conv_context" in encoder
+                        else ""))
+  window = streaming.chunk_window(encoder.subsampling, encoder.subsampling_factor, chunk_size)
+  return window.stride * FRAME_SHIFT_MS, window.lookahead * FRAME_SHIFT_MS + FRAME_LENGTH_MS - FRAME_SHIFT_MS

@@ -1,16 +1,16 @@
-"""Masked-prediction SSL model (HuBERT; k2SSL's CE variant) over the fbank Conformer or the wav2vec 2.0 encoder.
+"""Masked-prediction SSL model (HuBERT; k2SSL's CE variant) over a registered encoder (models.encoders).
 
 Data flow, audio int16 [B, S] -> encoder frames [B, T, d_model] -> head:
-  "conformer": fbank + CMVN -> SpecAugment (off in the recipes) -> ConformerEncoder, whose subsampled frames
-               under the span mask are replaced by `mask_embedding` [d_model] (the encoder's `frame_mask` hook).
-  "wav2vec2":  waveform / 32768 -> Wav2Vec2Encoder(mask=...), whose own encoder/mask_embedding is used.
+  fbank encoders (the Conformer): fbank + CMVN -> SpecAugment (off in the recipes) -> encoder, whose subsampled
+               frames under the span mask are replaced by `mask_embedding` [d_model] (the `frame_mask` hook).
+  waveform encoders (wav2vec2): waveform / 32768 -> Wav2Vec2Encoder(mask=...), with its own mask_embedding.
   head "hubert": final_proj Dense d_model -> final_dim, and label_embeddings [C, final_dim] (fairseq's
                label_embs_concat), scored by cosine similarity in losses.masked_prediction.hubert_loss.
   head "ce":     ce_head Dense d_model -> C (k2SSL), scored by losses.masked_prediction.ce_loss.
 
 Parameter tree: encoder/... is exactly the tree of the same encoder inside the ASR models (models.ctc with
-the same model.encoder config), so a pre-trained encoder loads into them by name; mask_embedding (Conformer
-only), final_proj / label_embeddings or ce_head are the pre-training head, dropped at fine-tuning.
+the same model.encoder config), so a pre-trained encoder loads into them by name; mask_embedding (fbank
+encoders), final_proj / label_embeddings or ce_head are the pre-training head, dropped at fine-tuning.
 
 The span mask (nn.masking.compute_mask) is drawn from an explicit key: training passes a fresh one per step,
 evaluation a fixed one, so dev metrics are comparable between evaluations.
@@ -26,45 +26,30 @@ import jax.numpy as jnp
 import ml_collections
 
 from speechfuse import audio as audio_lib
-from speechfuse.models import acoustic
+from speechfuse.models import acoustic, encoders
 from speechfuse.nn import attention, layers, masking, subsampling, wav2vec2
 
-BACKBONES = ("conformer", "wav2vec2")
 HEADS = ("hubert", "ce")
-WAV2VEC2_KEYS = ("num_blocks", "d_model", "num_heads", "ffn_dim", "extractor_channels", "extractor_mode",
-                 "conv_bias", "pre_norm", "pos_conv_kernel", "pos_conv_groups", "ffn_activation", "dropout_rate",
-                 "attention_dropout_rate", "input_dropout_rate", "feature_grad_mult", "remat")
 
 
 def default_config(backbone: str = "conformer", size: str = "tiny") -> ml_collections.ConfigDict:
-  """config.model for name="ssl"; the class count and the head come from the task (its targets and its loss)."""
-  if backbone not in BACKBONES:
-    raise ValueError(f"unknown SSL backbone {backbone!r}; choose from {BACKBONES}")
-  config = ml_collections.ConfigDict({"name": "ssl", "backbone": backbone, "final_dim": 256})
+  """config.model for name="ssl" over the encoder `backbone` (models.encoders: an fbank encoder whose output
+  frames the span mask replaces, or the wav2vec2 waveform encoder with its own mask embedding); the class count
+  and the head come from the task (its targets and its loss)."""
+  config = ml_collections.ConfigDict({"name": "ssl", "final_dim": 256})
   config.mask = ml_collections.ConfigDict({
       "mask_prob": 0.8,  # HuBERT (icefall / k2SSL: 0.65)
       "mask_length": 10,  # frames per span
       "min_masks": 2,
   })
-  if backbone == "conformer":
+  config.encoder = encoders.default_config(backbone, size)
+  if encoders.inputs(config.encoder) == "fbank":
     config.frontend = acoustic.default_frontend_config()
     config.spec_augment = acoustic.default_spec_augment_config()
     config.spec_augment.enabled = False  # the span mask is the corruption; HuBERT pre-trains without SpecAugment
-    config.encoder = acoustic.default_encoder_config("conformer", size)
   else:
-    config.encoder = ml_collections.ConfigDict(_wav2vec2_size(size))
     config.encoder.feature_grad_mult = 0.1  # fairseq HuBERT base
   return config
-
-
-def _wav2vec2_size(size: str) -> dict[str, Any]:
-  """Wav2Vec2Encoder attributes by recipe size: smoke for tests, tiny / base from nn.wav2vec2, large as HuBERT large."""
-  if size == "smoke":
-    return dict(num_blocks=2, d_model=64, num_heads=2, ffn_dim=256, extractor_channels=32, pos_conv_kernel=16)
-  if size == "large":
-    return dict(num_blocks=24, d_model=1024, num_heads=16, ffn_dim=4096, extractor_channels=512,
-                extractor_mode="layer_norm", pre_norm=True)
-  return wav2vec2.wav2vec2_size(size)
 
 
 class SSLOutput(NamedTuple):
@@ -88,8 +73,9 @@ class SSLModel(nn.Module):
   """Encoder with span masking at its input and a masked-prediction head.
 
   Attributes:
-    backbone: "conformer" (needs frontend, spec_augment) or "wav2vec2".
-    encoder: ConformerEncoder (acoustic.make_encoder) or Wav2Vec2Encoder.
+    backbone: "fbank" (an fbank encoder: needs frontend and spec_augment; its subsampled frames are masked) or
+      "waveform" (the wav2vec2 encoder, which masks its own projected features).
+    encoder: the models.encoders encoder.
     num_classes: C, the k-means clusters of the targets.
     head: "hubert" or "ce".
     final_dim: HuBERT's projection width.
@@ -118,7 +104,7 @@ class SSLModel(nn.Module):
     """
     mask = lambda lengths, time: masking.compute_mask(mask_rng, lengths, time, mask_prob=self.mask_prob,
                                                       mask_length=self.mask_length, min_masks=self.min_masks)
-    if self.backbone == "conformer":
+    if self.backbone == "fbank":
       features, feature_lengths = self.frontend(audio, audio_lengths, deterministic=not train)
       features = self.spec_augment(features, feature_lengths, train=train)
       kind, factor = self.encoder.subsampling, self.encoder.subsampling_factor
@@ -151,7 +137,7 @@ class SSLModel(nn.Module):
     zero: the Conformer's block outputs (hidden[i] = block i + 1), the wav2vec2 encoder's HF-style hidden states
     (hidden[0] = the blocks' input, hidden[i] = block i).
     """
-    if self.backbone == "conformer":
+    if self.backbone == "fbank":
       features, feature_lengths = self.frontend(audio, audio_lengths)
       x, lengths, blocks = self.encoder(features, feature_lengths, return_hidden=True)
       valid = attention.padding_mask(lengths, x.shape[1])[..., None]
@@ -162,23 +148,18 @@ class SSLModel(nn.Module):
 
 def from_config(config: ml_collections.ConfigDict, dtype: Any, *, num_classes: int, head: str,
                 cmvn: audio_lib.CMVNStats | None = None) -> SSLModel:
-  """SSLModel of config.model (default_config()) for `num_classes` targets and `head` ("hubert" or "ce");
-  the Conformer needs `cmvn`."""
-  if config.backbone not in BACKBONES:
-    raise ValueError(f"config.model.backbone={config.backbone!r} is unknown; choose from {BACKBONES}")
+  """SSLModel of config.model (default_config()) for `num_classes` targets and `head` ("hubert" or "ce"); fbank
+  encoders need `cmvn`."""
   if head not in HEADS:
     raise ValueError(f"SSL head {head!r} is unknown; choose from {HEADS}")
   common = dict(num_classes=num_classes, head=head, final_dim=config.final_dim, dtype=dtype,
                 **config.mask.to_dict())
-  if config.backbone == "conformer":
-    # Any subsampling: the task writes targets on the encoder's own frame grid (ssl.targets.fbank_grid).
-    if config.encoder.architecture != "conformer":
-      raise ValueError("the SSL Conformer needs config.model.encoder.architecture='conformer', got "
-                       f"{config.encoder.architecture!r}")
-    return SSLModel("conformer", acoustic.make_encoder(config.encoder, dtype),
-                    frontend=acoustic.make_frontend(config.frontend, cmvn),
-                    spec_augment=acoustic.make_spec_augment(config.spec_augment), **common)
-  unknown = sorted(set(config.encoder) - set(WAV2VEC2_KEYS))
-  if unknown:
-    raise ValueError(f"config.model.encoder has keys {unknown} that a wav2vec2 encoder does not take")
-  return SSLModel("wav2vec2", wav2vec2.Wav2Vec2Encoder(**config.encoder.to_dict(), dtype=dtype), **common)
+  encoder = encoders.make_encoder(config.encoder, dtype)
+  if encoders.inputs(config.encoder) == "waveform":
+    return SSLModel("waveform", encoder, **common)
+  if not encoders.encoder_type(config.encoder.architecture).takes("frame_mask"):
+    raise ValueError(f"the {config.encoder.architecture} encoder takes no frame mask, so it cannot pre-train by "
+                     "masked prediction")
+  # Any subsampling: the targets are written on the encoder's own frame grid (models.encoders.frame_grid).
+  return SSLModel("fbank", encoder, frontend=acoustic.make_frontend(config, cmvn),
+                  spec_augment=acoustic.make_spec_augment(config), **common)

@@ -1,6 +1,6 @@
 """Transducer (RNN-T) with pruned-loss training, in icefall's pruned_transducer_stateless layout.
 
-  encoder_out [B, T, E] = encoder(SpecAugment(CMVN(fbank(audio))))              (as models/ctc.py)
+  encoder_out [B, T, E] = encoder(SpecAugment(front end(audio)))                 (as models/ctc.py)
   predictor_out [B, U+1, P] = predictor([blank] + labels)                         (stateless or LSTM)
   simple loss: am = simple_am_proj(encoder_out) [B, T, V], lm = simple_lm_proj(predictor_out) [B, U+1, V]
   joiner: output(tanh(joiner/encoder_proj(enc) + joiner/decoder_proj(pred)))      (additive, on pruned cells)
@@ -26,8 +26,8 @@ import ml_collections
 
 from speechfuse import audio as audio_lib
 from speechfuse.losses import ctc_loss, pruned_rnnt_loss
-from speechfuse.models import acoustic, ctc
-from speechfuse.nn import attention, layers
+from speechfuse.models import acoustic, ctc, encoders
+from speechfuse.nn import layers
 
 PREDICTORS = ("stateless", "lstm")
 
@@ -38,7 +38,7 @@ def default_config(architecture: str = "conformer", size: str = "tiny") -> ml_co
       "name": "transducer",
       "frontend": acoustic.default_frontend_config(),
       "spec_augment": acoustic.default_spec_augment_config(),
-      "encoder": acoustic.default_encoder_config(architecture, size),
+      "encoder": encoders.default_config(architecture, size),
       "predictor": "stateless",  # "stateless" (icefall) or "lstm"
       "predictor_dim": 256,  # P: embedding and predictor output width
       "context_size": 2,  # stateless: tokens of history (2 = bigram, icefall's default)
@@ -158,20 +158,17 @@ class Joiner(nn.Module):
     return self.output(jnp.tanh(encoder_proj + decoder_proj)).astype(jnp.float32)
 
 
-class TransducerModel(nn.Module):
+class TransducerModel(acoustic.AcousticModel):
   """Encoder + predictor + additive joiner, trained with the pruned RNN-T loss (and optionally CTC).
 
   Attributes:
-    frontend, spec_augment, encoder: as CTCModel.
+    frontend, spec_augment, encoder: as acoustic.AcousticModel.
     vocab_size: output tokens, blank (id 0) included.
     predictor: "stateless" or "lstm"; predictor_dim, context_size, joiner_dim: see default_config.
     prune_range, lm_scale, am_scale: pruned_rnnt_loss's s_range and simple-loss smoothing.
     use_ctc_head: add the auxiliary CTC head.
   """
-  frontend: nn.Module
-  spec_augment: nn.Module
-  encoder: nn.Module
-  vocab_size: int
+  vocab_size: int = 0
   predictor: str = "stateless"
   predictor_dim: int = 256
   context_size: int = 2
@@ -196,16 +193,9 @@ class TransducerModel(nn.Module):
     if self.use_ctc_head:
       self.ctc_head = ctc.ctc_head(self.vocab_size, self.dtype)
 
-  def encode(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
-             chunk_size: attention.IntLike | None = None,
-             num_left_chunks: attention.IntLike = -1) -> tuple[jax.Array, jax.Array]:
-    """audio int16 [B, S], audio_lengths [B] -> (encoder_out [B, T, E], lengths [B])."""
-    return acoustic.encode(self, audio, audio_lengths, train=train, chunk_size=chunk_size,
-                           num_left_chunks=num_left_chunks)
-
   def ctc_log_probs(self, encoder_out: jax.Array) -> jax.Array:
     """encoder_out [B, T, E] -> auxiliary CTC log-probs [B, T, V] float32 (use_ctc_head only)."""
-    return jax.nn.log_softmax(self.ctc_head(encoder_out).astype(jnp.float32), axis=-1)
+    return ctc.log_softmax(self.ctc_head(encoder_out))
 
   def project_encoder(self, encoder_out: jax.Array) -> jax.Array:
     """[..., E] -> [..., J], the joiner's encoder side (computed once per utterance when decoding)."""
@@ -237,6 +227,12 @@ class TransducerModel(nn.Module):
       encoder lengths [B]).
     """
     encoder_out, lengths = self.encode(audio, audio_lengths, train=train)
+    return self.losses(encoder_out, lengths, labels, label_lengths), lengths
+
+  def losses(self, encoder_out: jax.Array, lengths: jax.Array, labels: jax.Array,
+             label_lengths: jax.Array) -> dict[str, jax.Array]:
+    """Per-utterance losses of an encoder output [B, T, E] with `lengths` [B] (offline or streamed): {"simple",
+    "pruned", and "ctc" with the CTC head} float32 [B]."""
     history = jnp.pad(labels, ((0, 0), (1, 0)))  # [B, U+1]: blank, then the labels
     predictor_out = self.predictor_net(history)
     pruned, simple = pruned_rnnt_loss(
@@ -246,17 +242,17 @@ class TransducerModel(nn.Module):
     losses = {"simple": simple, "pruned": pruned}
     if self.use_ctc_head:
       losses["ctc"] = ctc_loss(self.ctc_log_probs(encoder_out), lengths, labels, label_lengths)
-    return losses, lengths
+    return losses
 
 
 def from_config(config: ml_collections.ConfigDict, dtype: Any, *, vocab_size: int,
-                cmvn: audio_lib.CMVNStats) -> TransducerModel:
+                cmvn: audio_lib.CMVNStats | None) -> TransducerModel:
   """TransducerModel of config.model (default_config()), for a tokenizer of `vocab_size` ids and features `cmvn`."""
   if config.predictor == "stateless" and config.predictor_dim % 4:
     raise ValueError(f"config.model.predictor_dim={config.predictor_dim} must be a multiple of 4 (grouped conv)")
   return TransducerModel(
-      frontend=acoustic.make_frontend(config.frontend, cmvn), spec_augment=acoustic.make_spec_augment(config.spec_augment),
-      encoder=acoustic.make_encoder(config.encoder, dtype), vocab_size=vocab_size, predictor=config.predictor,
+      frontend=acoustic.make_frontend(config, cmvn), spec_augment=acoustic.make_spec_augment(config),
+      encoder=encoders.make_encoder(config.encoder, dtype), vocab_size=vocab_size, predictor=config.predictor,
       predictor_dim=config.predictor_dim, context_size=config.context_size, joiner_dim=config.joiner_dim,
       prune_range=config.prune_range, lm_scale=config.lm_scale, am_scale=config.am_scale,
       use_ctc_head=config.ctc_head, dtype=dtype)

@@ -11,6 +11,7 @@ while every shape stays static.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -73,42 +74,49 @@ def sample_chunk(
   return jnp.where(full, time, size).astype(jnp.int32), jnp.where(full, -1, left).astype(jnp.int32)
 
 
-def encoder_attention_mask(
-    module: nn.Module, valid: jax.Array, train: bool, chunk_size: IntLike | None,
-    num_left_chunks: IntLike,
-) -> jax.Array:
-  """The [batch, time, time] attention mask of an encoder `module` (valid: [batch, time] bool).
+def encoder_chunking(module: nn.Module, time: int, train: bool, chunk_size: IntLike | None,
+                     num_left_chunks: IntLike) -> tuple[IntLike | None, IntLike]:
+  """The (chunk_size, num_left_chunks) an encoder `module` runs with (chunk_size None: full context).
 
   `module` is an encoder with the attributes dynamic_chunk_training, full_context_prob, max_chunk_size and
   dynamic_left_chunks. An explicit chunk_size wins; otherwise, when training with dynamic_chunk_training, one
   chunk is drawn per batch from the module's "dropout" RNG stream; otherwise full context.
   """
-  time = valid.shape[1]
   if chunk_size is None and train and module.dynamic_chunk_training:
-    chunk_size, num_left_chunks = sample_chunk(
-        module.make_rng("dropout"), time, full_context_prob=module.full_context_prob,
-        max_chunk_size=module.max_chunk_size, dynamic_left_chunks=module.dynamic_left_chunks,
-    )
+    return sample_chunk(module.make_rng("dropout"), time, full_context_prob=module.full_context_prob,
+                        max_chunk_size=module.max_chunk_size, dynamic_left_chunks=module.dynamic_left_chunks)
+  return chunk_size, num_left_chunks
+
+
+def encoder_attention_mask(valid: jax.Array, chunk_size: IntLike | None, num_left_chunks: IntLike) -> jax.Array:
+  """The [batch, time, time] attention mask of an encoder (valid: [batch, time] bool) running with
+  encoder_chunking's (chunk_size, num_left_chunks)."""
+  time = valid.shape[1]
   chunk = None if chunk_size is None else make_chunk_mask(time, chunk_size, num_left_chunks)
   return attention_mask(valid, chunk)
 
 
-def relative_sinusoids(time: int, dim: int) -> np.ndarray:
-  """Sinusoids [2 * time - 1, dim] for relative positions time-1, time-2, ..., -(time-1) (ESPnet's order)."""
-  return layers.sinusoids(np.arange(time - 1, -time, -1), dim)
+def relative_sinusoids(time: int, dim: int, key_time: int | None = None) -> np.ndarray:
+  """Sinusoids [time + key_time - 1, dim] for relative positions key_time-1, key_time-2, ..., -(time-1) (ESPnet's
+  order), for `time` queries that are the last `time` of `key_time` keys (key_time = time: self-attention over
+  one sequence; key_time = cached + time: a streaming chunk attending to its cache and itself)."""
+  key_time = time if key_time is None else key_time
+  return layers.sinusoids(np.arange(key_time - 1, -time, -1), dim)
 
 
 def rel_shift(scores: jax.Array) -> jax.Array:
-  """Transformer-XL shift: [..., time, 2*time-1] by relative position -> [..., time, time] by key.
+  """Transformer-XL shift: [..., Tq, Tq + Tk - 1] by relative position -> [..., Tq, Tk] by key.
 
-  Column p of `scores` holds relative position (time-1-p) as laid out by relative_sinusoids; the result
-  has out[..., i, j] = scores[..., i, time-1-i+j], i.e. the score for relative position i-j. Pad one zero
-  column in front, view as [2*time, time], drop the first row and view back: static shapes, no gather.
+  Column p of `scores` holds relative position (Tk-1-p) as laid out by relative_sinusoids(Tq, dim, Tk), the
+  queries being the last Tq of the Tk keys; the result has out[..., i, j] = scores[..., i, Tq-1-i+j], the score
+  for query i and key j (relative position Tk-Tq+i-j). Pad one zero column in front, flatten the last two axes,
+  drop the first Tq entries and view back as [Tq, Tq + Tk - 1] rows: static shapes, no gather.
   """
-  *lead, time, positions = scores.shape
+  *lead, queries, positions = scores.shape
+  keys = positions - queries + 1
   padded = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])
-  shifted = padded.reshape(*lead, positions + 1, time)[..., 1:, :]
-  return shifted.reshape(*lead, time, positions)[..., :time]
+  flat = padded.reshape(*lead, queries * (positions + 1))[..., queries:]
+  return flat.reshape(*lead, queries, positions)[..., :keys]
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -134,10 +142,14 @@ class MultiHeadSelfAttention(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
-    """x: [batch, time, embed], mask: [batch, time, time] bool (query, key; True = attend) -> [batch, time, embed].
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
+               cache: tuple[jax.Array, jax.Array] | None = None) -> jax.Array | tuple[jax.Array, Any]:
+    """x: [batch, time, embed], mask: [batch, time, keys] bool (query, key; True = attend) -> [batch, time, embed].
 
     A query row with no allowed key outputs zeros (then the out bias) rather than an average over padding.
+    With `cache` = (keys, values) [batch, cached, heads, head_dim] of the frames just before x (a streaming
+    chunk), the queries attend to cached + time keys (mask [batch, time, cached + time]) and the result is
+    (output, new cache): the last `cached` keys and values, this chunk's included.
     """
     _, time, embed = x.shape
     if embed % self.num_heads:
@@ -151,13 +163,17 @@ class MultiHeadSelfAttention(nn.Module):
     query = nn.with_logical_constraint(projection(name="query")(x), head_axes)
     key = nn.with_logical_constraint(projection(name="key")(x), head_axes)
     value = nn.with_logical_constraint(projection(name="value")(x), head_axes)
+    if cache is not None:
+      key = jnp.concatenate([cache[0].astype(key.dtype), key], axis=1)
+      value = jnp.concatenate([cache[1].astype(value.dtype), value], axis=1)
+    key_time = key.shape[1]
 
     if self.relative:
       bias_init = layers.logical(nn.initializers.xavier_uniform(), ("heads", "kv"))
       pos_bias_u = self.param("pos_bias_u", bias_init, (self.num_heads, head_dim), self.param_dtype)
       pos_bias_v = self.param("pos_bias_v", bias_init, (self.num_heads, head_dim), self.param_dtype)
-      table = jnp.asarray(relative_sinusoids(time, embed), self.dtype or jnp.float32)
-      positions = projection(use_bias=False, name="pos")(table)  # [2 * time - 1, heads, head_dim]
+      table = jnp.asarray(relative_sinusoids(time, embed, key_time), self.dtype or jnp.float32)
+      positions = projection(use_bias=False, name="pos")(table)  # [time + key_time - 1, heads, head_dim]
       content = jnp.einsum("bqhd,bkhd->bhqk", query + pos_bias_u.astype(query.dtype), key)
       position = jnp.einsum("bqhd,phd->bhqp", query + pos_bias_v.astype(query.dtype), positions)
       scores = content + rel_shift(position)
@@ -171,6 +187,10 @@ class MultiHeadSelfAttention(nn.Module):
     probs = nn.Dropout(self.dropout_rate)(probs, deterministic=not train)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
     context = nn.with_logical_constraint(context, head_axes)
-    return layers.Projection(
+    out = layers.Projection(
         (embed,), ("heads", "kv", "embed"), input_axes=2, dtype=self.dtype, param_dtype=self.param_dtype, name="out",
     )(context)
+    if cache is None:
+      return out
+    cached = cache[0].shape[1]
+    return out, (key[:, key_time - cached:], value[:, key_time - cached:])

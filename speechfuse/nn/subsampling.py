@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from speechfuse.audio import frames
 from speechfuse.nn import layers
 
 # (kernel, stride) per conv layer along time (and frequency for Conv2d), by subsampling factor.
@@ -31,6 +32,21 @@ def subsampled_length(length: jax.Array | int, kind: str = "conv2d", factor: int
   for kernel, stride in conv_layers(kind, factor):
     length = conv_output_length(length, kernel, stride)
   return length
+
+
+def receptive_field(kind: str, factor: int) -> tuple[int, int]:
+  """(frames, stride): output frame t of subsampling `kind` x `factor` reads input frames [stride * t,
+  stride * t + frames) (conv2d x4: 7 and 4; conv1d x2: 3 and 2), so T frames give (T - frames) // stride + 1."""
+  field, stride = 1, 1
+  for kernel, layer_stride in conv_layers(kind, factor):
+    field += (kernel - 1) * stride
+    stride *= layer_stride
+  return field, stride
+
+
+def fbank_grid(sample_rate: int = 16000, kind: str = "conv2d", factor: int = 4) -> frames.FrameGrid:
+  """Where the output frames of subsampling `kind` x `factor` over Kaldi fbank frames sit on the waveform."""
+  return frames.compose(frames.kaldi_grid(sample_rate), conv_layers(kind, factor), f"fbank_{kind}_x{factor}")
 
 
 def conv_layers(kind: str, factor: int) -> tuple[tuple[int, int], ...]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from speechfuse.nn import attention
 from speechfuse.nn import layers
+from speechfuse.nn import streaming
 from speechfuse.nn import subsampling
 
 POSITIONS = ("absolute", "relative")
@@ -42,9 +43,15 @@ class TransformerBlock(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
-    """x: [batch, time, embed], mask: [batch, time, time] bool -> [batch, time, embed]."""
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False,
+               cache: streaming.BlockCache | None = None) -> jax.Array | tuple[jax.Array, streaming.BlockCache]:
+    """x: [batch, time, embed], mask: [batch, time, time] bool -> [batch, time, embed].
+
+    With `cache` (a streaming chunk; its conv entry unused): mask is [batch, time, cached + time] and the result
+    is (x, new cache).
+    """
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    new_cache = []
 
     def sublayer(x, branch, norm_name):
       norm = layers.layer_norm(norm_name, self.dtype, self.param_dtype)
@@ -53,12 +60,20 @@ class TransformerBlock(nn.Module):
         return x + drop(branch(norm(x)), deterministic=not train)
       return norm(x + drop(branch(x), deterministic=not train))
 
+    def attend_branch(h):
+      out = attend(h, mask, train=train, cache=None if cache is None else cache[:2])
+      if cache is None:
+        return out
+      new_cache.append(out[1])
+      return out[0]
+
     attend = attention.MultiHeadSelfAttention(
         self.num_heads, self.relative, self.attention_dropout_rate, name="mhsa", **kw)
-    x = sublayer(x, lambda h: attend(h, mask, train=train), "norm_mhsa")
+    x = sublayer(x, attend_branch, "norm_mhsa")
     ffn = layers.FeedForward(self.ffn_dim, self.ffn_activation, self.dropout_rate, name="ffn", **kw)
     x = sublayer(x, lambda h: ffn(h, train=train), "norm_ffn")
-    return nn.with_logical_constraint(x, ("batch", "time", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
+    return x if cache is None else (x, streaming.BlockCache(*new_cache[0], None))
 
 
 class TransformerEncoder(nn.Module):
@@ -100,11 +115,12 @@ class TransformerEncoder(nn.Module):
   def __call__(
       self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
       chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
-      return_hidden: bool = False,
+      return_hidden: bool = False, state: streaming.EncoderState | None = None,
   ) -> tuple[jax.Array, ...]:
     """features: [batch, time, mel], lengths: [batch] -> (x [batch, time', d_model], lengths' [batch]).
 
-    Arguments and the optional third output (block outputs) as in ConformerEncoder.__call__.
+    Arguments and the optional third output (block outputs) as in ConformerEncoder.__call__, and so is `state`
+    (a streaming step, see `step`).
     """
     if self.positions not in POSITIONS:
       raise ValueError(f"unknown positions {self.positions!r}; choose from {POSITIONS}")
@@ -114,21 +130,51 @@ class TransformerEncoder(nn.Module):
     )(features.astype(self.dtype or features.dtype), lengths)
     x = x * np.sqrt(self.d_model)
     if self.positions == "absolute":
-      x = x + jnp.asarray(layers.sinusoids(np.arange(x.shape[1]), self.d_model), x.dtype)
+      if state is None:
+        table = jnp.asarray(layers.sinusoids(np.arange(x.shape[1]), self.d_model), x.dtype)
+      else:  # this chunk's rows of the table of every position a stream can reach
+        table = jnp.asarray(layers.sinusoids(np.arange(state.max_frames + x.shape[1]), self.d_model), x.dtype)
+        table = jax.lax.dynamic_slice_in_dim(table, state.offset, x.shape[1])
+      x = x + table
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
     valid = attention.padding_mask(lengths, x.shape[1])
-    mask = attention.encoder_attention_mask(self, valid, train, chunk_size, num_left_chunks)
+    mask, chunk_size = streaming.blocks_mask(self, valid, train, chunk_size, num_left_chunks, state)
 
-    block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
-    hidden = []
+    block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat and state is None else TransformerBlock
+    hidden, caches = [], []
     for i in range(self.num_blocks):
-      x = block(
+      layer = block(
           self.num_heads, self.ffn_dim, self.pre_norm, self.positions == "relative", self.ffn_activation,
           self.dropout_rate, self.attention_dropout_rate, self.dtype, self.param_dtype, name=f"blocks_{i}",
-      )(x, mask, train)
+      )
+      if state is None:
+        x = layer(x, mask, train)
+      else:
+        x, cache = layer(x, mask, train, streaming.BlockCache(state.keys[i], state.values[i], None))
+        caches.append(cache)
       hidden.append(x)
     if self.pre_norm:
       x = layers.layer_norm("norm_out", self.dtype, self.param_dtype)(x)
     x = jnp.where(valid[..., None], x, 0.0)
+    if state is not None:
+      return x, lengths, state.replace(offset=state.offset + x.shape[1], keys=tuple(c.keys for c in caches),
+                                       values=tuple(c.values for c in caches))
     return (x, lengths, tuple(hidden)) if return_hidden else (x, lengths)
+
+  def chunk_window(self, chunk_size: int) -> streaming.ChunkWindow:
+    """The feature frames `step` reads for chunks of `chunk_size` encoder frames (streaming.chunk_window)."""
+    return streaming.chunk_window(self.subsampling, self.subsampling_factor, chunk_size)
+
+  def init_state(self, batch_size: int, chunk_size: int, num_left_chunks: int,
+                 max_frames: int) -> streaming.EncoderState:
+    """The state before a stream's first chunk, as ConformerEncoder.init_state (no convolution caches)."""
+    cached = streaming.cache_frames(chunk_size, num_left_chunks, max_frames)
+    kv = jnp.zeros((batch_size, cached, self.num_heads, self.d_model // self.num_heads), self.dtype or jnp.float32)
+    return streaming.EncoderState(jnp.zeros((), jnp.int32), (kv,) * self.num_blocks, (kv,) * self.num_blocks, (),
+                                  max_frames)
+
+  def step(self, features: jax.Array, lengths: jax.Array,
+           state: streaming.EncoderState) -> tuple[jax.Array, jax.Array, streaming.EncoderState]:
+    """One chunk, as ConformerEncoder.step."""
+    return self(features, lengths, state=state)

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from speechfuse.audio import frames
 from speechfuse.nn import attention
 from speechfuse.nn import layers
 from speechfuse.nn import masking
@@ -91,6 +92,11 @@ def frame_lengths(samples: jax.Array | int) -> jax.Array | int:
   for kernel, stride in EXTRACTOR_KERNELS:
     samples = subsampling.conv_output_length(samples, kernel, stride)
   return samples
+
+
+def wav2vec2_grid(sample_rate: int = 16000) -> frames.FrameGrid:
+  """Where the feature extractor's frames sit on the waveform: 400-sample windows every 320 samples (50 Hz)."""
+  return frames.compose(frames.sample_grid(sample_rate), EXTRACTOR_KERNELS, "wav2vec2_cnn")
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -305,12 +311,19 @@ class Wav2Vec2Encoder(nn.Module):
   @nn.compact
   def __call__(
       self, waveform: jax.Array, lengths: jax.Array, *, mask: jax.Array | None = None, train: bool = False,
+      chunk_size: int | None = None, num_left_chunks: int = -1,
   ) -> Wav2Vec2Output:
     """waveform: [batch, samples] floats in [-1, 1], lengths: [batch] valid samples.
 
     mask: [batch, frames] bool, frames (frame_lengths(samples)) replaced by the mask embedding before the
     positional conv (speechfuse.nn.masking.compute_mask on frame_lengths(lengths)); None masks nothing.
+    chunk_size must be None: the positional convolution (128 frames, centred) and the first layer's GroupNorm over
+    the utterance see the whole utterance, so this encoder has no chunked mode.
     """
+    del num_left_chunks
+    if chunk_size is not None:
+      raise ValueError("the wav2vec2 encoder has no chunked (streaming) mode: its positional convolution and "
+                       "GroupNorm span the utterance")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     features, lengths = ConvFeatureExtractor(
         self.extractor_channels, self.extractor_mode, self.conv_bias, name="feature_extractor", **kw,

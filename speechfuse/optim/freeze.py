@@ -22,23 +22,25 @@ class FreezeState(NamedTuple):
 
 def freeze_for_steps(tx: optax.GradientTransformation, steps: int,
                      frozen: PathPredicate) -> optax.GradientTransformation:
-  """`tx` whose final updates are zero on the `frozen` parameters for its first `steps` updates.
+  """`tx` with the `frozen` parameters held still for its first `steps` updates.
 
-  The update is masked after `tx` (not the gradient before it), so nothing moves a frozen parameter: neither
-  the gradient step nor AdamW's decoupled weight decay. `tx`'s moments keep accumulating the frozen
-  parameters' gradients meanwhile, so they start from warm statistics when the freeze ends. The count is this
-  wrapper's own: updates the trainer skips (non-finite steps) do not count.
+  During the freeze the frozen parameters' gradients are zeroed before `tx` and their updates after it: `tx`'s
+  global-norm clipping then measures the trainable gradients alone (a random head's large gradients into the
+  frozen encoder would otherwise shrink the head's own step), and nothing moves a frozen parameter, neither the
+  gradient step nor AdamW's decoupled weight decay. As fairseq's freeze_finetune_updates, the frozen parameters
+  learn nothing meanwhile (their moments decay towards zero). The count is this wrapper's own: updates the
+  trainer skips (non-finite steps) do not count.
   """
 
   def init(params):
     return FreezeState(tx.init(params), jnp.zeros((), jnp.int32))
 
   def update(updates, state, params=None):
-    updates, inner = tx.update(updates, state.inner, params)
     active = state.count < steps
-    updates = jax.tree_util.tree_map_with_path(
-        lambda path, u: jnp.where(active, jnp.zeros_like(u), u) if frozen(path) else u, updates)
-    return updates, FreezeState(inner, state.count + 1)
+    hold = lambda tree: jax.tree_util.tree_map_with_path(
+        lambda path, u: jnp.where(active, jnp.zeros_like(u), u) if frozen(path) else u, tree)
+    updates, inner = tx.update(hold(updates), state.inner, params)
+    return hold(updates), FreezeState(inner, state.count + 1)
 
   return optax.GradientTransformation(init, update)
 

@@ -49,3 +49,11 @@ def global_batch(host_batch: Mapping[str, Any], mesh: Mesh, rules: mesh_lib.Logi
           "make every bucket's batch size a multiple of the data-parallel size")
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host arrays that are the same on every process (e.g. variables read from a checkpoint) -> jax.Arrays
+  replicated over `mesh`."""
+  sharding = mesh_lib.replicated(mesh)
+  put = lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
+  return jax.tree.map(put, tree)

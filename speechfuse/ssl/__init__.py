@@ -1,9 +1,11 @@
-"""Self-supervised pre-training: k-means targets (JAX k-means over a mesh), their storage and their quality.
+"""Self-supervised pre-training's data and diagnostics: k-means targets (JAX k-means over a mesh), their quality,
+and probes of what an encoder's layers hold.
 
-`kmeans.fit / assign / inertia`, `targets.mfcc_targets` (iteration 1) and `targets.model_targets` (iteration 2),
-`targets.open_labels` for the input pipeline, `quality.evaluate` for PNMI and phone purity.
+`kmeans.fit / assign / inertia`, `targets.mfcc_targets` (iteration 1), `targets.model_targets` (iteration 2) and
+`targets.prepare` (a recipe's iteration-1 targets before training); the labels are stored and read by
+speechfuse.data.labels. `quality.evaluate` gives PNMI and phone purity, `probe` linear phone probes and attention
+statistics per layer.
 """
 
-from speechfuse.ssl import kmeans, quality, targets
+from speechfuse.ssl import kmeans, probe, quality, targets
 from speechfuse.ssl.kmeans import KMeansModel
-from speechfuse.ssl.targets import FrameGrid, Labels, fbank_grid, mfcc_grid, open_labels, wav2vec2_grid

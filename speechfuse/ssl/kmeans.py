@@ -18,10 +18,8 @@ move points across near-tied boundaries.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
-import uuid
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from speechfuse.data import labels
 from speechfuse.parallel import mesh as mesh_lib
 
 METHODS = ("minibatch", "lloyd")
@@ -161,35 +160,18 @@ def inertia(model: KMeansModel, x: Any, *, mesh: Mesh | None = None, chunk_rows:
 
 
 def fingerprint(model: KMeansModel) -> str:
-  """sha256 of the centres' float32 bytes: names a codebook in label files."""
-  centers = np.ascontiguousarray(model.centers, np.float32)
-  return hashlib.sha256(repr(centers.shape).encode() + centers.tobytes()).hexdigest()
+  """sha256 of the centres' float32 bytes: names a codebook in label files (data.labels.fingerprint)."""
+  return labels.fingerprint(model.centers)
 
 
 def save(model: KMeansModel, path: str | os.PathLike) -> None:
   """Writes the codebook to `path` (npz with `centers`), atomically."""
-  save_npz(path, centers=np.asarray(model.centers, np.float32))
+  labels.write_npz(path, centers=np.asarray(model.centers, np.float32))
 
 
 def load(path: str | os.PathLike) -> KMeansModel:
   """Reads a codebook written by `save`."""
-  with np.load(path, allow_pickle=False) as data:
-    if "centers" not in data or data["centers"].ndim != 2:
-      raise ValueError(f"{path} is not a k-means codebook: it needs a 2-D array 'centers'")
-    return KMeansModel(data["centers"].astype(np.float32))
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-  """np.savez to a temporary sibling, then renamed: readers see the old file or the whole new one."""
-  path = os.fspath(path)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-  try:
-    with open(tmp, "wb") as f:  # A file object, so that numpy does not append ".npz" to the name.
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  return KMeansModel(labels.read_centers(path))
 
 
 def _initial_centers(rows: np.ndarray, k: int, init: str | Any, rng: np.random.Generator, key: jax.Array, *,

@@ -28,9 +28,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from speechfuse.audio import frames
 from speechfuse.data import inputs
-from speechfuse.nn import attention
-from speechfuse.ssl import quality, targets
+from speechfuse.nn import attention, subsampling
+from speechfuse.ssl import quality
 
 
 class Probe(NamedTuple):
@@ -114,8 +115,8 @@ def layer_frames(model: nn.Module, variables: Any, data: ml_collections.ConfigDi
     (one [frames, dim] array per layer, phone ids [frames]); phone_ids is extended in place.
   """
   encoder = model.encoder
-  grid = targets.fbank_grid(data.sample_rate, encoder.subsampling, encoder.subsampling_factor)
-  fbank = targets.mfcc_grid(data.sample_rate)
+  grid = subsampling.fbank_grid(data.sample_rate, encoder.subsampling, encoder.subsampling_factor)
+  fbank = frames.kaldi_grid(data.sample_rate)
   source = inputs.open_split(data, split)
   if "phonemes" not in source[0]:
     raise ValueError(f"split {split!r} of {inputs.dataset_path(data)} has no phoneme timings to probe against")

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from speechfuse.data import storage
-from speechfuse.ssl import targets
+from speechfuse.data import labels as labels_lib, storage
 
 SILENCE = "<sil>"
 
@@ -88,7 +87,7 @@ def evaluate(dataset: str | os.PathLike, name: str, split: str) -> dict[str, Any
   """
   if "phoneme_timings" not in storage.dataset_info(dataset)["optional_fields"]:
     raise ValueError(f"dataset {dataset} stores no phoneme_timings: no phone reference for PNMI")
-  labels = targets.open_labels(dataset, name, split)
+  labels = labels_lib.open_labels(dataset, name, split)
   grid = labels.info["target_grid"]
   source = storage.open_split(dataset, split)
   phone_ids: dict[str, int] = {}

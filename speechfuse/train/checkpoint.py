@@ -177,13 +177,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: TrainState) -> tupl
 def _read_variables(directory: epath.Path, step: int) -> dict[str, Any]:
   """Params and extra collections of one train checkpoint, as host numpy arrays (optimizer state not read)."""
   path = directory / str(step) / STATE
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(path).item_metadata
-  wanted = {"params": metadata["params"], "extra": metadata["extra"]}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(wanted, restore_args=restore_args,
-                                                                      partial_restore=True))
+  # The item's handler itself: a Checkpointer would look for step metadata inside the item and warn.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(path)
+    wanted = {"params": metadata["params"], "extra": metadata["extra"]}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    restored = handler.restore(path, args=ocp.args.PyTreeRestore(wanted, restore_args=restore_args,
+                                                                 partial_restore=True))
+  finally:
+    handler.close()
   return {"params": restored["params"], **restored["extra"]}
 
 
@@ -201,8 +204,19 @@ def _steps(workdir: str | os.PathLike) -> list[int]:
   directory = checkpoint_dir(workdir)
   steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.exists() else []
   if not steps:
-    raise FileNotFoundError(f"no checkpoints in {directory}")
+    raise FileNotFoundError(f"no checkpoint in {directory}: train the run first")
   return steps
+
+
+def latest_variables(workdir: str | os.PathLike) -> tuple[dict[str, Any], int, str]:
+  """The variables of the newest checkpoint in `workdir` (params and the other collections, no optimizer state),
+  as host numpy arrays, for evaluation: (variables, its step, its path).
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint (one line naming the directory).
+  """
+  directory, step = checkpoint_dir(workdir), _steps(workdir)[-1]
+  return _read_variables(directory, step), step, os.fspath(directory / str(step))
 
 
 def export_params(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None) -> str:

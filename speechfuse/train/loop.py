@@ -1,4 +1,6 @@
-"""The generic training loop: `train_and_evaluate(config, workdir)` for every recipe, and `evaluate` for eval mode.
+"""The generic training loop: `train_and_evaluate(config, workdir, task)` for every recipe, and `evaluate` (a task's
+eval-split metrics of given variables, for eval mode). The task is built by the caller (speechfuse.run, from the
+speechfuse.tasks registry) after `initialize(config)`.
 
 Each step: next host batch -> global sharded arrays -> one jitted step (state donated). Dispatch is
 asynchronous: the host reads the next batch while the devices compute, and the loop only waits on the device
@@ -24,8 +26,9 @@ from jax.sharding import Mesh
 
 from speechfuse import optim, parallel
 from speechfuse.config import write_json
-from speechfuse.train import checkpoint, metrics as metrics_lib, state as state_lib, step as step_lib, tasks
+from speechfuse.train import checkpoint, metrics as metrics_lib, state as state_lib, step as step_lib
 from speechfuse.train import config as config_lib
+from speechfuse.train.task import CheckpointableIterator, Task
 
 
 class NonFiniteError(RuntimeError):
@@ -34,12 +37,12 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class Run:
-  """What train and eval modes (and the loop-overhead benchmark) share: mesh, task, state, jitted steps."""
+  """What the train mode (and the loop-overhead benchmark) runs on: mesh, task, state, jitted steps."""
   mesh: Mesh
   rules: parallel.mesh.LogicalRules
-  task: tasks.Task
+  task: Task
   schedule: optax.Schedule
-  train_iter: tasks.CheckpointableIterator
+  train_iter: CheckpointableIterator
   state: state_lib.TrainState
   manager: Any
   train_step: Callable[..., Any]
@@ -52,7 +55,7 @@ class Run:
     return {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
 
 
-def _peek(iterator: tasks.CheckpointableIterator) -> dict[str, np.ndarray]:
+def _peek(iterator: CheckpointableIterator) -> dict[str, np.ndarray]:
   """The next batch, without consuming it."""
   position = iterator.get_state()
   batch = next(iterator)
@@ -60,17 +63,21 @@ def _peek(iterator: tasks.CheckpointableIterator) -> dict[str, np.ndarray]:
   return batch
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Run:
-  """Validates the config, builds everything, and restores the latest checkpoint or initialises the state.
-
-  Call the jitted steps it returns under `parallel.sharding_context(mesh, rules)`, where model code finds its
-  sharding rules.
-  """
+def initialize(config: ml_collections.ConfigDict) -> None:
+  """What must happen before a task is built: multi-process start (config.distributed), then the config's
+  validation against the machine (device and process counts)."""
   parallel.initialize_distributed(config.distributed)
   config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike, task: Task) -> Run:
+  """Builds everything around `task` and restores the latest checkpoint or initialises the state.
+
+  Call `initialize(config)` before building the task. Call the jitted steps it returns under
+  `parallel.sharding_context(mesh, rules)`, where model code finds its sharding rules.
+  """
   mesh = parallel.create_mesh(config.mesh)
   rules = parallel.axis_rules(config.logical_axis_rules)
-  task = tasks.get_task(config, workdir)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                       max_grad_norm=config.max_grad_norm)
   tx = task.wrap_optimizer(tx)
@@ -170,27 +177,30 @@ class _Profiler:
       logging.info("profile of steps %d-%d written to %s", self._start, self._stop - 1, self._directory)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> state_lib.TrainState:
-  """Trains config.task with config.model to config.total_steps, resuming from `workdir` if it holds checkpoints.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       task: Task) -> state_lib.TrainState:
+  """Trains `task` (config.task with config.model) to config.total_steps, resuming from `workdir` if it holds
+  checkpoints.
 
-  Writes <workdir>/config.json, checkpoints/, metrics.jsonl, tensorboard/ (and profile/ on request). On SIGTERM
-  it saves a checkpoint and returns early; rerunning the same command resumes.
+  Writes <workdir>/config.json, checkpoints/, metrics.jsonl, tensorboard/ (and profile/ on request). A resumed
+  run first drops the metrics its predecessor logged after the checkpoint it resumes from, so that every step is
+  in the metrics once. On SIGTERM it saves a checkpoint and returns early; rerunning the same command resumes.
 
   Returns:
     The final TrainState (sharded jax.Arrays).
 
   Raises:
-    ValueError: the config contradicts itself or the machine, or the checkpoint does not fit the model.
+    ValueError: the checkpoint does not fit the model.
     NonFiniteError: more than config.max_consecutive_nonfinite consecutive non-finite steps; the last good state
       is checkpointed first.
   """
-  run = prepare(config, workdir)
+  run = prepare(config, workdir, task)
   if jax.process_index() == 0:
     write_json(config, workdir)
   state, manager = run.state, run.manager
   step = int(jax.device_get(state.step))
   progress = metrics_lib.Progress(step, config.total_steps)
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   watcher = _PreemptionWatcher(manager)
   profiler = _Profiler(config.profile, workdir)
   window, previous, saved_step = [], None, step
@@ -227,8 +237,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           check_finite(previous, step - 1)
         previous = metrics
         if step % config.log_every_steps == 0 or step == config.total_steps:
-          means = {**_window_means(window), **progress.measure(step),
-                   "learning_rate": float(run.schedule(step))}
+          # The optimizer skips non-finite steps, so its schedule stands at the count of updates it applied.
+          updates = step - int(jax.device_get(state.nonfinite_total))
+          means = {**_window_means(window), **progress.measure(step), "learning_rate": float(run.schedule(updates))}
           window = []
           writer.write(step, "train", means)
           metrics_lib.log_progress(progress.line(step, means))
@@ -254,15 +265,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   return state
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-  """Evaluates the latest checkpoint in `workdir` on the task's eval split; writes an "eval" line to metrics."""
-  run = prepare(config, workdir)
-  run.manager.close()
-  step = int(jax.device_get(run.state.step))
-  if step == 0:
-    raise FileNotFoundError(f"no checkpoint to evaluate in {checkpoint.checkpoint_dir(workdir)}")
-  with parallel.sharding_context(run.mesh, run.rules):
-    results = _run_eval(run, run.state, config.seed)
+def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, task: Task, variables: dict[str, Any],
+             step: int) -> dict[str, float]:
+  """The task's eval-split metrics of `variables` (no optimizer, no training input); writes an "eval" line at
+  `step` to <workdir>/metrics.jsonl.
+
+  Args:
+    variables: {"params": ..., other collections} as host arrays (checkpoint.latest_variables).
+  """
+  mesh = parallel.create_mesh(config.mesh)
+  rules = parallel.axis_rules(config.logical_axis_rules)
+  with parallel.sharding_context(mesh, rules):
+    variables = parallel.put_replicated(variables, mesh)
+    batch_sharding = parallel.batch_sharding(mesh, rules)
+    eval_step = jax.jit(task.eval_step, in_shardings=(parallel.replicated(mesh), batch_sharding),
+                        out_shardings=parallel.replicated(mesh))
+
+    def host_eval_step(host_batch):
+      return jax.device_get(eval_step(variables, parallel.global_batch(host_batch, mesh, rules)))
+
+    results = task.evaluate(host_eval_step, task.make_input("eval", seed=config.seed, shard_index=jax.process_index(),
+                                                            shard_count=jax.process_count()))
   writer = metrics_lib.MetricWriter(workdir)
   writer.write(step, "eval", results)
   writer.close()

@@ -18,14 +18,21 @@ class MetricWriter:
   """Writes scalars to <workdir>/tensorboard and one JSON object per call to <workdir>/metrics.jsonl.
 
   Lines look like {"step": 100, "split": "train", "loss": 1.2, ...}; on processes other than 0 it writes nothing.
+  A run resumed from a checkpoint at `resume_step` first drops the lines its predecessor wrote for later steps
+  (they are logged again as training repeats them) and tells TensorBoard to purge them, so that every step
+  appears once.
   """
 
-  def __init__(self, workdir: str | os.PathLike):
+  def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
     self._enabled = jax.process_index() == 0
     if self._enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None:
+        _drop_after(path, resume_step)
+      purge = {"purge_step": resume_step + 1} if resume_step else {}
+      self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), **purge)
+      self._jsonl = open(path, "a")
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -39,6 +46,32 @@ class MetricWriter:
     if self._enabled:
       self._tensorboard.close()
       self._jsonl.close()
+
+
+def _drop_after(path: str, step: int) -> None:
+  """Rewrites the metrics file at `path` without its lines for steps after `step` (atomically).
+
+  A line a killed run left half-written (not valid JSON) is dropped too.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if line.endswith("\n") and _line_step(line) <= step]
+  if len(kept) == len(lines):
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+  logging.info("resuming at step %d: dropped %d metric lines of later steps from %s", step, len(lines) - len(kept),
+               path)
+
+
+def _line_step(line: str) -> float:
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return float("inf")
 
 
 class Progress:

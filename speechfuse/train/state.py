@@ -14,7 +14,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from speechfuse import parallel
-from speechfuse.train.tasks import Task
+from speechfuse.train.task import Task
 
 
 class TrainState(struct.PyTreeNode):
@@ -90,3 +90,13 @@ def create_state(task: Task, tx: optax.GradientTransformation, seed: int, exampl
   init = _init_fn(task, tx)
   return jax.jit(lambda rng, batch: nn.unbox(init(rng, batch)), out_shardings=shardings)(jax.random.PRNGKey(seed),
                                                                                           example)
+
+
+def initial_variables(task: Task, seed: int) -> dict[str, Any]:
+  """The variables a training run of `task` with config.seed = `seed` starts from (task.init_from applied), as
+  plain arrays: the same key and example batch as the trainer's step-0 state (`_init_fn`), so this is the
+  starting point of that run without training it (the theta_0 of a loss landscape, the encoder a probe reads).
+  """
+  example = example_batch(next(task.make_input("train", seed=seed, shard_index=0, shard_count=1)))
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(seed))
+  return jax.jit(lambda rng, batch: nn.unbox(task.init(rng, batch)))(init_rng, example)

@@ -1,4 +1,4 @@
-"""The train step (gradient accumulation, non-finite guard) and the eval step, as pure functions to jit."""
+"""The train step (exact gradient accumulation, non-finite guard) and the eval step, as pure functions to jit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from speechfuse.train.state import TrainState
-from speechfuse.train.tasks import Task
+from speechfuse.train.task import Task
 
 
 def _microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
@@ -32,39 +32,52 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *,
                     grad_accum_steps: int) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
-  The gradient is the mean over `grad_accum_steps` micro-batches (a lax.scan, so one compiled body).
-  If the loss or the gradient norm is not finite, params, optimizer state and extra collections keep their
-  old values, `nonfinite_run` / `nonfinite_total` count it, and `step` still advances (the batch is consumed).
+  The batch's loss is its summed loss over its summed count (task.loss's Mean), and so is every metric; with
+  `grad_accum_steps` micro-batches (a lax.scan, so one compiled body) the sums and counts are added over them
+  before dividing, so the gradient is that of the whole batch even when the micro-batches hold different numbers
+  of real utterances or frames. If the loss or the gradient norm is not finite, params, optimizer state and
+  extra collections keep their old values, `nonfinite_run` / `nonfinite_total` count it, and `step` still
+  advances (the batch is consumed).
 
   metrics: scalars: loss, grad_norm and the task's metrics (float32), finite (1.0 / 0.0), nonfinite_run (int32).
   """
-  grad_fn = jax.value_and_grad(lambda p, e, b, r: task.loss(p, e, b, r, train=True), has_aux=True)
+
+  def objective(params, extra, batch, rng, step):
+    loss, (metrics, extra) = task.loss(params, extra, batch, rng, step=step, train=True)
+    return loss.total, (loss.count, metrics, extra)
+
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  add = lambda a, b: jax.tree.map(jnp.add, a, b)
 
   def accumulate(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    """(summed loss, its count, metrics as Means, new extra, summed gradient) over the micro-batches."""
     if grad_accum_steps == 1:
-      (loss, (metrics, extra)), grads = grad_fn(state.params, state.extra, batch, rng)
-      return loss, metrics, extra, grads
+      (total, (count, metrics, extra)), grads = grad_fn(state.params, state.extra, batch, rng, state.step)
+      return total, count, metrics, extra, grads
 
     def body(carry, inputs):
-      extra, grads_sum, loss_sum, metrics_sum = carry
+      extra, grads_sum, total_sum, count_sum, metrics_sum = carry
       index, micro = inputs
-      (loss, (metrics, extra)), grads = grad_fn(state.params, extra, micro, jax.random.fold_in(rng, index))
-      add = lambda a, b: jax.tree.map(jnp.add, a, b)
-      return (extra, add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics)), None
+      (total, (count, metrics, extra)), grads = grad_fn(state.params, extra, micro, jax.random.fold_in(rng, index),
+                                                        state.step)
+      return (extra, add(grads_sum, grads), total_sum + total, count_sum + count, add(metrics_sum, metrics)), None
 
     micro = _microbatches(batch, grad_accum_steps)
     first = jax.tree.map(lambda x: x[0], micro)
     # Trace once to learn the metrics' structure for the zero carry.
-    _, (metrics_shape, _) = jax.eval_shape(lambda: task.loss(state.params, state.extra, first, rng, train=True))
+    _, (_, metrics_shape, _) = jax.eval_shape(lambda: objective(state.params, state.extra, first, rng, state.step))
     zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
-    carry = (state.extra, zeros(state.params), jnp.zeros((), jnp.float32), zeros(metrics_shape))
-    (extra, grads, loss, metrics), _ = jax.lax.scan(body, carry, (jnp.arange(grad_accum_steps), micro))
-    mean = lambda tree: jax.tree.map(lambda x: x / grad_accum_steps, tree)
-    return loss / grad_accum_steps, mean(metrics), extra, mean(grads)
+    zero = jnp.zeros((), jnp.float32)
+    carry = (state.extra, zeros(state.params), zero, zero, zeros(metrics_shape))
+    (extra, grads, total, count, metrics), _ = jax.lax.scan(body, carry, (jnp.arange(grad_accum_steps), micro))
+    return total, count, metrics, extra, grads
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, metrics, extra, grads = accumulate(state, batch, rng)
+    total, count, metrics, extra, grads = accumulate(state, batch, rng)
+    scale = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1e-30), 0.0)
+    loss = total * scale
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -79,8 +92,8 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, *,
         nonfinite_run=nonfinite_run,
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
     )
-    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
-               "nonfinite_run": nonfinite_run}
+    metrics = {**{name: mean.value for name, mean in metrics.items()}, "loss": loss, "grad_norm": grad_norm,
+               "finite": finite.astype(jnp.float32), "nonfinite_run": nonfinite_run}
     return new_state, metrics
 
   return train_step

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -191,3 +193,23 @@ def test_decoding_in_worker_processes_keeps_order(tmp_path):
     else:
       assert a == b
   assert len(audio) == sum(isinstance(r, dict) for r in parallel)
+
+
+def test_a_manifest_whose_records_are_all_bad_names_its_file_the_record_and_the_report(tmp_path):
+  """speechfuse-prepare on a manifest of one missing audio file: one line naming the manifest, the record, the
+  missing file (not found, not "System error"), and a written list of the rejected records; no dataset."""
+  manifest_path = _write_lines(tmp_path / "test.jsonl", [json.dumps(
+      {"id": "u1", "audio": "audio/missing.wav", "text": "hello", "speaker": "s1"})])
+  prepare = pathlib.Path(sys.executable).parent / "speechfuse-prepare"
+  result = subprocess.run([str(prepare), "manifest", f"{manifest_path}:test",
+                           "--name", "mine", "--out", str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  error = result.stderr.strip().splitlines()
+  assert len(error) == 1 and error[0].startswith("speechfuse-prepare: error:")
+  assert str(manifest_path) in error[0] and "'u1'" in error[0]
+  assert "missing.wav' not found" in error[0]
+  report = tmp_path / "data" / "mine.rejected.md"
+  assert str(report) in error[0] and "| test | u1 | unreadable audio:" in report.read_text()
+  assert not (tmp_path / "data" / "mine").exists()
+  assert not list((tmp_path / "data").glob(".mine.partial-*"))  # no half-written build

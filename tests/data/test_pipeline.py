@@ -317,3 +317,79 @@ def test_wrong_sample_rate_names_the_example():
   config = make_config(num_epochs=1, shuffle=False)
   with pytest.raises(ValueError, match="utt001"):
     list(pipeline.make_train_iterator(source, TOKENIZER, config, seed=0, shard_index=0, shard_count=1))
+
+
+def _with_fields(source, seed=0):
+  """SOURCE with phonemes, timings and a video of two frames per second (made up: the pipeline only pads them)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for record in source:
+    seconds = len(record["audio"]) / SAMPLE_RATE
+    words = record["text"].split()
+    timings = np.sort(rng.uniform(0, seconds, (len(words), 2)), axis=1).astype(np.float32)
+    video = rng.integers(0, 255, (int(2 * seconds) + 1, 4, 5)).astype(np.uint8)
+    out.append({**record, "phonemes": " ".join(w[0] for w in words), "word_timings": timings, "video": video,
+                "video_fps": np.float32(2.0)})
+  return out
+
+
+def test_batches_carry_the_record_fields_a_task_asks_for():
+  source = _with_fields(SOURCE)
+  config = make_config(fields=("speaker", "phonemes", "word_timings", "video"))
+  for batch in itertools.islice(pipeline.make_eval_iterator(source, TOKENIZER, config, shard_index=0, shard_count=1),
+                                4):
+    rows = batch["mask"] > 0
+    by_id = {r["id"]: r for r in source}
+    edge = batch["audio"].shape[1] / SAMPLE_RATE  # the bucket's duration
+    assert batch["video"].shape[1:] == (int(np.ceil(edge * 2.0)), 4, 5) and batch["video"].dtype == np.uint8
+    assert batch["word_timings"].shape[1:] == (batch["labels"].shape[1], 2)
+    for row in np.flatnonzero(rows):
+      record = by_id[str(batch["ids"][row])]
+      assert batch["speaker"][row] == record["speaker"] and batch["phonemes"][row] == record["phonemes"]
+      n = batch["word_timings_lengths"][row]
+      np.testing.assert_array_equal(batch["word_timings"][row, :n], record["word_timings"])
+      assert not batch["word_timings"][row, n:].any()
+      frames = batch["video_lengths"][row]
+      np.testing.assert_array_equal(batch["video"][row, :frames], record["video"])
+    assert all(s == "" for s in batch["speaker"][~rows])  # padding rows
+  assert set(pipeline.FIELDS) >= {"text", "speaker", "phonemes", "phoneme_timings", "word_timings", "translation",
+                                  "video"}
+
+
+def test_fields_are_checked_by_name():
+  with pytest.raises(ValueError, match="config.fields has \\['colour'\\]"):
+    pipeline.validate_config(make_config(fields=("colour",)))
+  with pytest.raises(ValueError, match="speed_perturb must be False with config.fields \\['video'\\]"):
+    pipeline.validate_config(make_config(fields=("video",), speed_perturb=True))
+  with pytest.raises(ValueError, match="has no field 'translation'"):
+    next(pipeline.make_eval_iterator(SOURCE, TOKENIZER, make_config(fields=("translation",)), shard_index=0,
+                                     shard_count=1))
+
+
+def _train_batches(config, count=6, start_state=None):
+  iterator = pipeline.make_train_iterator(SOURCE, TOKENIZER, config, seed=3, shard_index=0, shard_count=1)
+  if start_state is not None:
+    iterator.set_state(start_state)
+  return [next(iterator) for _ in range(count)], iterator
+
+
+def test_training_noise_is_added_at_its_snr_and_is_the_same_after_a_resume():
+  clean, _ = _train_batches(make_config())
+  config = make_config(noise={"prob": 1.0, "snr_db": (10.0, 10.0), "corpus": "", "split": "train"})
+  noisy, _ = _train_batches(config)
+  for a, b in zip(clean, noisy):
+    np.testing.assert_array_equal(a["ids"], b["ids"])  # the same plan: noise changes no length
+    for row in np.flatnonzero(a["mask"] > 0):
+      n = a["audio_lengths"][row]
+      signal, mixed = a["audio"][row, :n].astype(np.float64), b["audio"][row, :n].astype(np.float64)
+      snr = 10 * np.log10(np.mean(signal ** 2) / np.mean((mixed - signal) ** 2))
+      assert snr == pytest.approx(10.0, abs=0.2)  # int16 rounding and clipping aside
+  # Resumed from its state after 3 batches, the pipeline adds the very same noise to batches 4-6.
+  _, iterator = _train_batches(config, count=3)
+  resumed, _ = _train_batches(config, count=3, start_state=json.loads(json.dumps(iterator.get_state())))
+  for a, b in zip(noisy[3:], resumed):
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+  # Evaluation never adds noise.
+  evaluated = next(pipeline.make_eval_iterator(SOURCE, TOKENIZER, config, shard_index=0, shard_count=1))
+  plain = next(pipeline.make_eval_iterator(SOURCE, TOKENIZER, make_config(), shard_index=0, shard_count=1))
+  np.testing.assert_array_equal(evaluated["audio"], plain["audio"])

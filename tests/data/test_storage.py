@@ -142,7 +142,7 @@ def test_bad_record_stops_preparation_when_not_skipping(tmp_path):
 
 
 def test_split_without_valid_records_is_an_error(tmp_path):
-  with pytest.raises(ValueError, match=r"split 'dev': no valid records .*empty transcript"):
+  with pytest.raises(ValueError, match=r"split 'dev': no valid records; .*'utt001': empty transcript"):
     storage.write_dataset(tmp_path, "empty", _splits(train=[_record(0)], dev=[_record(1, text="")]))
 
 

@@ -1,4 +1,4 @@
-"""`--mode=fuse` on smoke-size CTC runs: the fused checkpoint loads (evaluate_asr, task.init_from), the report and
+"""`--mode=fuse` on smoke-size CTC runs: the fused checkpoint loads (ASRTask.evaluate_splits, task.init_from), the report and
 the members' assets are written, a model fused with its random permutation (exact solver) comes back exactly with
 its eval loss, direct averaging, the errors; (slow) two models trained through the trainer, fused and evaluated."""
 
@@ -13,14 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tasks"))
 import ctc_members_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from speechfuse import run as run_lib
 from speechfuse import fusion, parallel, run, train  # pylint: disable=wrong-import-position
-from speechfuse.eval.asr import evaluate_asr  # pylint: disable=wrong-import-position
+from speechfuse.tasks import evaluate_checkpoint  # pylint: disable=wrong-import-position
 from speechfuse.fusion import spec as spec_lib  # pylint: disable=wrong-import-position
-from speechfuse.train import checkpoint, state as state_lib, tasks  # pylint: disable=wrong-import-position
-from speechfuse.train.tasks import asr  # pylint: disable=wrong-import-position
+from speechfuse import tasks
+from speechfuse.train import checkpoint, state as state_lib  # pylint: disable=wrong-import-position
+from speechfuse.tasks import asr  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_otf_writes_params_report_and_the_members_assets(members, tmp_path):
   task = tasks.get_task(config, tmp_path)
   example = state_lib.example_batch(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
   shapes = jax.eval_shape(lambda: task.model.init(jax.random.key(0), example["audio"], example["audio_lengths"]))
-  _, loaded = asr.merge_pretrained(shapes, train.load_variables(path))
+  _, loaded = train.merge_pretrained(shapes, train.load_variables(path))
   assert not loaded["initialised"] and not loaded["dropped"] and len(loaded["loaded"]) == len(fused)
   # A rerun replaces the fused directory.
   fusion.fuse(_fuse_config(config, sl, ssl, method="direct"), tmp_path)
@@ -109,7 +111,7 @@ def test_fusing_a_permuted_copy_with_the_exact_solver_recovers_the_model_and_its
   report = json.loads((tmp_path / "fused" / "report.json").read_text())
   assert all(space["max_mass"] == 1.0 and space["cost"] <= space["identity_cost"]
              for space in report["spaces"].values())
-  table = evaluate_asr(config, tmp_path, splits=["dev"], checkpoint=path)
+  table = evaluate_checkpoint(config, tmp_path, splits=["dev"], checkpoint=path)
   loss = _eval_loss(config, original.parents[1], train.load_variables(original))
   assert table["splits"]["dev"]["offline"]["loss"] == pytest.approx(loss, rel=1e-5)
   assert _eval_loss(config, tmp_path, train.load_variables(permuted)) == pytest.approx(loss, rel=1e-4)
@@ -165,8 +167,8 @@ def test_two_trained_smoke_models_fuse_and_evaluate(members, tmp_path):
     member.seed = seed
     member.total_steps = member.eval_every_steps = member.checkpoint_every_steps = 2
     workdir = tmp_path / f"member{seed}"
-    train.train_and_evaluate(member, workdir)
+    run_lib.run("train", member, workdir)
     exported.append(run.run("export", member, workdir))
   path = run.run("fuse", _fuse_config(config, *exported), tmp_path / "fused_run")
-  table = evaluate_asr(config, tmp_path / "fused_run", checkpoint=path)
+  table = evaluate_checkpoint(config, tmp_path / "fused_run", checkpoint=path)
   assert all(np.isfinite(table["splits"]["dev"][mode]["loss"]) for mode in ("offline", "online"))

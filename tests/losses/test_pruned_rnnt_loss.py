@@ -88,13 +88,18 @@ def test_smoothed_loss_and_occupations_match_numpy():
     np.testing.assert_allclose(emit_occ[b].sum(), nodes - 1, rtol=1e-5)
 
 
-def _prune_ranges_reference(node_occupancy, frames, num_labels, s_range):
-  """k2's get_rnnt_prune_ranges for one utterance, written out: window argmax, then its closed-form fix-up."""
-  total_frames, nodes = node_occupancy.shape
+def _prune_ranges_reference(emit_occupancy, blank_occupancy, frames, num_labels, s_range):
+  """k2's get_rnnt_prune_ranges for one utterance, written out from its definition (Kuang et al. 2022, Sec. 3.2):
+  at frame t the window start s maximises the blank (frame-advancing) mass of rows s..s+R-1 minus the emission
+  into row s from row s-1 at t; from the last frame on it ends at the last row; then the closed-form fix-up
+  (monotone, steps < R, start 0) of k2's _adjust_pruning_lower_bound."""
+  total_frames, nodes = emit_occupancy.shape
   s_begin = np.empty(total_frames, int)
   for t in range(total_frames):
     if t < frames - 1:
-      s_begin[t] = np.argmax([node_occupancy[t, k:k + s_range].sum() for k in range(nodes - s_range + 1)])
+      scores = [blank_occupancy[t, k:k + s_range].sum() - (emit_occupancy[t, k - 1] if k else 0.0)
+                for k in range(nodes - s_range + 1)]
+      s_begin[t] = np.argmax(scores)
     else:
       s_begin[t] = max(num_labels - s_range + 1, 0)
   s_begin = np.array([s_begin[t:].min() for t in range(total_frames)])
@@ -103,19 +108,35 @@ def _prune_ranges_reference(node_occupancy, frames, num_labels, s_range):
   return s_begin[:, None] + np.arange(s_range)
 
 
+def test_prune_ranges_follow_k2s_criterion_on_values_written_by_hand():
+  """One utterance, 4 frames, 3 labels (4 rows), s_range 2. Window scores (k2: blank mass in the window minus the
+  emission into its first row from below):
+    frame 0  blank .9 .1 0 0,   emit .1 0 0 0:     s=0: .9+.1 = 1.0   s=1: .1+0-.1 = 0    s=2: 0-0 = 0      -> 0
+    frame 1  blank .1 .3 .2 0,  emit .3 .4 .5 0:   s=0: .1+.3 = .4    s=1: .3+.2-.3 = .2  s=2: .2+0-.4 = -.2 -> 0
+    frame 2  blank 0 .5 .2 .1,  emit 0 .1 .3 0:    s=0: 0+.5 = .5     s=1: .5+.2-0 = .7   s=2: .2+.1-.1 = .2 -> 1
+    frame 3  the last frame: the window ends at row 3                                                      -> 2
+  Starts 0, 0, 1, 2 already satisfy the fix-up. The summed node occupancy (emit + blank) would pick s=1 at frame 1
+  (rows 1-2 hold .7 + .7 against rows 0-1's .4 + .7): starts 0, 1, 1, 2."""
+  blank = np.array([[.9, .1, 0, 0], [.1, .3, .2, 0], [0, .5, .2, .1], [0, 0, 0, 1]], np.float32)[None]
+  emit = np.array([[.1, 0, 0, 0], [.3, .4, .5, 0], [0, .1, .3, 0], [0, 0, 0, 0]], np.float32)[None]
+  ranges = np.asarray(_prune_ranges(emit, blank, np.array([4]), np.array([3]), 2))
+  np.testing.assert_array_equal(ranges[0, :, 0], [0, 0, 1, 2])
+  np.testing.assert_array_equal(ranges[0], np.array([0, 0, 1, 2])[:, None] + np.arange(2))
+
+
 def test_prune_ranges_match_reference_and_admit_a_path():
   am, lm, labels = _inputs(3)
   _, (emit_occ, blank_occ) = _smoothed(am, lm, LOGIT_LENGTHS, labels, LABEL_LENGTHS)
   rng = np.random.default_rng(4)
-  random_occupancy = rng.random(emit_occ.shape).astype(np.float32)  # unconstrained windows: fix-ups do work
-  for emit, blank in [(emit_occ, blank_occ), (random_occupancy, np.zeros_like(random_occupancy))]:
+  random_emit, random_blank = (rng.random(emit_occ.shape).astype(np.float32) for _ in range(2))  # fix-ups do work
+  for emit, blank in [(emit_occ, blank_occ), (random_emit, random_blank)]:
     for s_range in (2, 3, 5):
       ranges = np.asarray(_prune_ranges(emit, blank, LOGIT_LENGTHS, LABEL_LENGTHS, s_range))
       assert ranges.shape == (BATCH, FRAMES, s_range) and ranges.dtype == np.int32
       for b in range(BATCH):
         np.testing.assert_array_equal(
-            ranges[b], _prune_ranges_reference(np.asarray(emit + blank)[b], LOGIT_LENGTHS[b], LABEL_LENGTHS[b],
-                                               s_range))
+            ranges[b], _prune_ranges_reference(np.asarray(emit)[b], np.asarray(blank)[b], LOGIT_LENGTHS[b],
+                                               LABEL_LENGTHS[b], s_range))
         s_begin = ranges[b, :, 0]
         assert s_begin[0] == 0 and ranges.min() >= 0 and ranges.max() <= MAX_LABELS
         assert np.all(np.diff(s_begin) >= 0) and np.all(np.diff(s_begin) <= s_range - 1)

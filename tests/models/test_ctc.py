@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from speechfuse import audio, models
-from speechfuse.models import acoustic, ctc
+from speechfuse.models import acoustic, ctc, encoders
 from speechfuse.nn import subsampled_length
 
 VOCAB = 29
@@ -83,4 +83,4 @@ def test_unknown_encoder_key_is_named():
   config = ctc.default_config("transformer", "smoke")
   config.encoder.conv_kernel = 15
   with pytest.raises(ValueError, match="conv_kernel"):
-    acoustic.make_encoder(config.encoder, jnp.float32)
+    encoders.make_encoder(config.encoder, jnp.float32)

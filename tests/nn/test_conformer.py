@@ -14,21 +14,23 @@ from speechfuse.nn import sizes
 _SMALL = dict(num_blocks=2, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=5, subsampling_channels=4)
 
 
-def _reference_conv_module(params, x, valid, causal, norm):
-  """Numpy conv module with LayerNorm (or BatchNorm from running statistics), convolving each valid prefix alone."""
+def _reference_conv_module(params, x, valid, context, norm, chunk=None):
+  """Numpy conv module with LayerNorm (or BatchNorm from running statistics), convolving each valid prefix alone;
+  with context "chunk" and a chunk size, a tap never reads past the end of its frame's chunk."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   x = np.asarray(x, np.float64)
   glu_in = np.einsum("bte,evc->btvc", x, p["pointwise_in"]["kernel"]) + p["pointwise_in"]["bias"]
   h = glu_in[:, :, 0] / (1 + np.exp(-glu_in[:, :, 1]))  # value * sigmoid(gate)
   kernel = p["depthwise"]["kernel"]
   taps = kernel.shape[0]
-  left = taps - 1 if causal else (taps - 1) // 2
+  left = taps - 1 if context == "causal" else (taps - 1) // 2
   out = np.zeros_like(h)
   for b, length in enumerate(valid.sum(1)):
     for t in range(length):
+      end = length if chunk is None else min(length, (t // chunk + 1) * chunk)
       for tap in range(taps):
         s = t + tap - left
-        if 0 <= s < length:  # an unpadded utterance sees zeros outside [0, length)
+        if 0 <= s < end:  # an unpadded utterance sees zeros outside [0, length), or past its chunk
           out[b, t] += kernel[tap] * h[b, s]
   out += p["depthwise"]["bias"]
   if norm == "layer_norm":
@@ -40,16 +42,18 @@ def _reference_conv_module(params, x, valid, causal, norm):
   return out @ p["pointwise_out"]["kernel"] + p["pointwise_out"]["bias"]
 
 
-@pytest.mark.parametrize("causal,norm", [(False, "layer_norm"), (True, "batch_norm")])
-def test_conv_module_matches_reference(causal, norm, random_variables):
+@pytest.mark.parametrize("context, norm, chunk", [("symmetric", "layer_norm", None), ("causal", "batch_norm", None),
+                                                   ("chunk", "layer_norm", None), ("chunk", "batch_norm", 2),
+                                                   ("chunk", "layer_norm", 4)])
+def test_conv_module_matches_reference(context, norm, chunk, random_variables):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 9, 6)).astype(np.float32)
   valid = np.arange(9)[None] < np.array([[9], [6]])
-  module = conformer.ConvModule(kernel_size=5, norm=norm, causal=causal)
+  module = conformer.ConvModule(kernel_size=5, norm=norm, context=context)
   variables = random_variables(module, x, valid)
   params = variables["params"]
-  out = jax.jit(module.apply)(variables, x, valid)
-  expected = _reference_conv_module(params, x, valid, causal, norm)
+  out = jax.jit(lambda v, x, valid: module.apply(v, x, valid, chunk_size=chunk))(variables, x, valid)
+  expected = _reference_conv_module(params, x, valid, context, norm, chunk)
   np.testing.assert_allclose(np.asarray(out)[valid], expected[valid], rtol=1e-4, atol=1e-5)
 
 
@@ -109,28 +113,30 @@ def test_encoder_train_mode_padding_invariance(random_variables):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state_noisy, state)
 
 
-def test_chunked_causal_encoder_ignores_future_chunks(random_variables):
+def test_chunked_streaming_encoder_ignores_future_chunks(random_variables):
   features = jax.random.normal(jax.random.key(1), (1, 80, 12))
   # Output frame t reads input frames 4t .. 4t + 6 through the x4 subsampling, so frames from 4 * 8 + 3 = 35 on
   # feed only output frames >= 8, i.e. the third chunk of 4 ([8, 12)) and later.
   changed = features.at[:, 35:].add(3.0)
   chunk = 4
 
-  def encode(causal_conv):
-    encoder = conformer.ConformerEncoder(**_SMALL, causal_conv=causal_conv)
+  def encode(conv_context):
+    encoder = conformer.ConformerEncoder(**_SMALL, conv_context=conv_context)
     variables = random_variables(encoder, features, jnp.array([80]))
     apply = jax.jit(lambda f, chunk, left: encoder.apply(variables, f, jnp.array([80]), chunk_size=chunk,
                                                          num_left_chunks=left)[0])
     return lambda f, chunk, left=-1: np.asarray(apply(f, chunk, left))
 
-  causal = encode(True)
-  for left in (-1, 1):
-    out, out_changed = causal(features, chunk, left), causal(changed, chunk, left)
-    np.testing.assert_allclose(out_changed[:, :8], out[:, :8], atol=1e-5)
-    assert not np.allclose(out_changed[:, 8:], out[:, 8:], atol=1e-3)
-  # The same perturbation reaches earlier frames with full context, or with chunks but a non-causal conv.
-  assert not np.allclose(causal(changed, 80)[:, :8], causal(features, 80)[:, :8], atol=1e-3)
-  offline = encode(False)
+  for context in ("causal", "chunk"):
+    streaming = encode(context)
+    for left in (-1, 1):
+      out, out_changed = streaming(features, chunk, left), streaming(changed, chunk, left)
+      np.testing.assert_array_equal(out_changed[:, :8], out[:, :8])
+      assert not np.allclose(out_changed[:, 8:], out[:, 8:], atol=1e-3)
+    # The same perturbation reaches earlier frames with full context.
+    assert not np.allclose(streaming(changed, 80)[:, :8], streaming(features, 80)[:, :8], atol=1e-3)
+  # ... and with chunks but a symmetric conv, which looks past the chunk.
+  offline = encode("symmetric")
   assert not np.allclose(offline(changed, chunk)[:, :8], offline(features, chunk)[:, :8], atol=1e-3)
 
 

@@ -55,3 +55,23 @@ def test_unknown_names_fail():
     optim.make_optimizer(_config(name="sgdx"), total_steps=10)
   with pytest.raises(ValueError, match="warmup_steps=20 must lie in"):
     optim.make_optimizer(_config(warmup_steps=20), total_steps=10)
+
+
+def test_clipping_during_a_freeze_measures_the_trainable_gradients_only():
+  """A frozen encoder's gradient must not shrink the head's clipped step (the defect: it counted in the norm)."""
+  config = _config(schedule="constant", warmup_steps=0, learning_rate=1.0, b1=0.0, b2=0.0, weight_decay=0.0)
+  params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+  grads = {"encoder": {"kernel": jnp.full((2, 2), 100.0)}, "head": {"kernel": jnp.full((2, 2), 0.3)}}
+  is_encoder = lambda path: path[0].key == "encoder"
+  frozen_tx = optim.freeze_for_steps(optim.make_optimizer(config, total_steps=10, max_grad_norm=0.5)[0], 1,
+                                     is_encoder)
+  updates, state = frozen_tx.update(grads, frozen_tx.init(params), params)
+  np.testing.assert_array_equal(updates["encoder"]["kernel"], 0.0)
+  # Adam (b2 = 0) keeps the squared clipped gradient: the head's, 0.3 per entry (norm 0.6) clipped to norm 0.5. Had
+  # the encoder's gradient (norm 200) counted, the head's would have shrunk 400-fold.
+  nu = state.inner[1][0].nu
+  np.testing.assert_allclose(nu["head"]["kernel"], (0.3 * 0.5 / 0.6) ** 2, rtol=1e-5)
+  np.testing.assert_array_equal(nu["encoder"]["kernel"], 0.0)
+  # After the freeze the encoder trains with the full gradient.
+  updates, _ = frozen_tx.update(grads, state, params)
+  assert np.all(np.asarray(updates["encoder"]["kernel"]) < 0)

@@ -10,10 +10,11 @@ import pytest
 import ssl_testlib
 from sklearn import linear_model
 
+from speechfuse.nn import subsampling
 from speechfuse import audio, models
 from speechfuse.data import inputs
 from speechfuse.models import ctc
-from speechfuse.ssl import probe, quality, targets
+from speechfuse.ssl import probe, quality
 
 
 def _two_block_conformer(tmp_path):
@@ -45,7 +46,7 @@ def test_layer_frames_line_up_with_the_encoder_and_the_phone_timings(tmp_path):
   data, config, model, variables = _two_block_conformer(tmp_path)
   phone_ids = {}
   layers, phones = probe.layer_frames(model, variables, data, "train", 4, phone_ids, batch_size=3)
-  grid = targets.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
+  grid = subsampling.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
   records = [inputs.open_split(data, "train")[i] for i in range(4)]
   frames = [grid.frame_count(len(r["audio"])) for r in records]
   assert [x.shape for x in layers] == [(sum(frames), 80)] + [(sum(frames), config.encoder.d_model)] * 2
@@ -78,7 +79,7 @@ def test_attention_statistics_of_uniform_attention_match_the_closed_form(tmp_pat
       mhsa[name] = np.zeros_like(mhsa[name])
     mhsa["query"] = jax.tree_util.tree_map(np.zeros_like, mhsa["query"])
   stats = probe.attention_statistics(model, uniform, data, "train", utterances=5, batch_size=2)
-  grid = targets.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
+  grid = subsampling.fbank_grid(16000, config.encoder.subsampling, config.encoder.subsampling_factor)
   lengths = np.array([grid.frame_count(len(inputs.open_split(data, "train")[i]["audio"])) for i in range(5)])
   assert stats["layers"] == ["encoder/blocks_0/mhsa", "encoder/blocks_1/mhsa"] == random_init["layers"]
   np.testing.assert_allclose(stats["entropy"], np.sum(lengths * np.log(lengths)) / np.sum(lengths), rtol=1e-5)

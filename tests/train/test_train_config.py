@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from speechfuse import run as run_lib
 from speechfuse import train
 from trainer_testlib import tiny_config
 
@@ -35,4 +36,4 @@ def test_unknown_task_model_and_schedule_are_named(tmp_path):
                              ({"model.name": "nope"}, "config.model.name='nope' is unknown"),
                              ({"optimizer.schedule": "step"}, "config.optimizer.schedule='step' is unknown")]:
     with pytest.raises(ValueError, match=message):
-      train.train_and_evaluate(tiny_config(**overrides), tmp_path)
+      run_lib.run("train", tiny_config(**overrides), tmp_path)

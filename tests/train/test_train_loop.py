@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from absl import logging
 
-from speechfuse import train
+from speechfuse import run as run_lib
+from speechfuse import optim, train
 from trainer_testlib import flat_params, read_losses, tiny_config
 
 
@@ -22,7 +23,7 @@ def _lines(workdir):
 def test_writes_metrics_tensorboard_config_and_progress(tmp_path, caplog):
   logging.set_verbosity(logging.INFO)
   with caplog.at_level("INFO"):
-    state = train.train_and_evaluate(tiny_config(), tmp_path)
+    state = run_lib.run("train", tiny_config(), tmp_path)
   assert int(state.step) == 8
   lines = _lines(tmp_path)
   assert [(l["step"], l["split"]) for l in lines] == [(2, "train"), (4, "train"), (4, "eval"), (6, "train"),
@@ -37,8 +38,8 @@ def test_writes_metrics_tensorboard_config_and_progress(tmp_path, caplog):
 
 
 def test_nan_batch_is_skipped_and_counted(tmp_path):
-  clean = train.train_and_evaluate(tiny_config(total_steps=3), tmp_path / "clean")
-  poisoned = train.train_and_evaluate(tiny_config(**{"total_steps": 3, "task.nan_batches": [1]}),
+  clean = run_lib.run("train", tiny_config(total_steps=3), tmp_path / "clean")
+  poisoned = run_lib.run("train", tiny_config(**{"total_steps": 3, "task.nan_batches": [1]}),
                                       tmp_path / "poisoned")
   assert int(poisoned.nonfinite_total) == 1 and int(poisoned.nonfinite_run) == 0
   params = flat_params(poisoned.params)
@@ -52,9 +53,9 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
 def test_too_many_nonfinite_steps_stop_with_checkpoint(tmp_path):
   config = tiny_config(**{"total_steps": 8, "max_consecutive_nonfinite": 2, "task.nan_batches": [3, 4, 5, 6, 7]})
   with pytest.raises(train.NonFiniteError, match="3 consecutive steps up to step 6.*max_consecutive_nonfinite=2"):
-    train.train_and_evaluate(config, tmp_path)
+    run_lib.run("train", config, tmp_path)
   # The checkpoint holds the parameters after step 3 (the last good update) and resumes cleanly.
-  good = train.train_and_evaluate(tiny_config(total_steps=3), tmp_path / "good")
+  good = run_lib.run("train", tiny_config(total_steps=3), tmp_path / "good")
   train.export_params(tmp_path, tmp_path / "export")
   saved = train.load_variables(tmp_path / "export")["params"]
   for key, value in flat_params(good.params).items():
@@ -62,13 +63,24 @@ def test_too_many_nonfinite_steps_stop_with_checkpoint(tmp_path):
 
 
 def test_compute_dtype_bfloat16_keeps_float32_params(tmp_path):
-  state = train.train_and_evaluate(tiny_config(total_steps=2, compute_dtype="bfloat16"), tmp_path)
+  state = run_lib.run("train", tiny_config(total_steps=2, compute_dtype="bfloat16"), tmp_path)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype("float32")}
   assert np.isfinite(read_losses(tmp_path)).all()
 
 
 def test_profiler_writes_a_trace(tmp_path):
-  train.train_and_evaluate(tiny_config(**{"total_steps": 3, "profile.start_step": 1, "profile.num_steps": 1}),
+  run_lib.run("train", tiny_config(**{"total_steps": 3, "profile.start_step": 1, "profile.num_steps": 1}),
                            tmp_path)
   traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
   assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces)
+
+
+def test_logged_learning_rate_is_the_one_the_optimizer_uses(tmp_path):
+  """The optimizer skips a non-finite step's update, so its schedule falls behind the trainer's step by one."""
+  config = tiny_config(**{"total_steps": 4, "log_every_steps": 1, "task.nan_batches": [1]})  # batch 1: step 2
+  run_lib.run("train", config, tmp_path)
+  _, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps)
+  logged = {line["step"]: line["learning_rate"] for line in _lines(tmp_path) if line["split"] == "train"}
+  updates = {1: 1, 2: 1, 3: 2, 4: 3}  # updates applied after each step
+  assert logged == pytest.approx({step: float(schedule(n)) for step, n in updates.items()})
+  assert logged[2] != pytest.approx(float(schedule(2)))  # what the trainer's step would have said

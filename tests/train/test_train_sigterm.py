@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from speechfuse import train
+from speechfuse import run as run_lib
 from trainer_testlib import flat_params, read_order, run_script, tiny_config
 
 TOTAL_STEPS = 40
@@ -45,8 +45,8 @@ def test_sigterm_checkpoints_and_resume_matches_straight_run(tmp_path):
   saved = [int(step) for step in os.listdir(workdir / "checkpoints")]
   assert len(saved) == 1 and 5 <= saved[0] < TOTAL_STEPS
 
-  resumed = train.train_and_evaluate(tiny_config(**_overrides(tmp_path / "interrupted.jsonl")), workdir)
-  straight = train.train_and_evaluate(tiny_config(**_overrides(tmp_path / "straight.jsonl")), tmp_path / "straight")
+  resumed = run_lib.run("train", tiny_config(**_overrides(tmp_path / "interrupted.jsonl")), workdir)
+  straight = run_lib.run("train", tiny_config(**_overrides(tmp_path / "straight.jsonl")), tmp_path / "straight")
   assert int(resumed.step) == TOTAL_STEPS
   for key, value in flat_params(straight.params).items():
     np.testing.assert_array_equal(flat_params(resumed.params)[key], value, err_msg=key)

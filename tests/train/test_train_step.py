@@ -1,4 +1,5 @@
-"""The jitted train step on its own: gradient accumulation equals the full batch; the guard keeps the state."""
+"""The jitted train step on its own: gradient accumulation equals the full batch even with micro-batches of unequal
+size; the guard keeps the state."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import jax
 import numpy as np
 import optax
 
-from speechfuse import parallel
-from speechfuse.train import state as state_lib, step as step_lib, tasks
+from speechfuse import parallel, tasks
+from speechfuse.train import state as state_lib, step as step_lib
 from trainer_testlib import tiny_config
 
 
@@ -15,7 +16,6 @@ def _setup(**overrides):
   config = tiny_config(**{"task.name": "synthetic_frames", "model.norm": "layer", "data.batch_size": 8, **overrides})
   task = tasks.get_task(config)
   batch = next(task.make_input("train", seed=0, shard_index=0, shard_count=1))
-  batch["label_lengths"][:] = config.task.max_frames  # equal weights per example: micro-batch means average exactly
   mesh = parallel.create_mesh(config.mesh, jax.devices()[:1])
   rules = parallel.axis_rules(config.logical_axis_rules)
   return task, batch, mesh, rules
@@ -31,8 +31,13 @@ def _step(task, batch, mesh, rules, grad_accum_steps):
     return jax.device_get(train_step(state, parallel.global_batch(batch, mesh, rules)))
 
 
-def test_gradient_accumulation_matches_full_batch():
+def test_gradient_accumulation_matches_full_batch_with_unequal_micro_batches():
   task, batch, mesh, rules = _setup()
+  # Micro-batch j holds examples j and j + 4: give them very different numbers of valid frames, one none at all,
+  # so that a mean of micro-batch means would differ from the batch's mean over frames.
+  batch["label_lengths"][:] = [16, 1, 9, 2, 16, 1, 9, 3]
+  batch["mask"][[3, 7]] = [1.0, 0.0]
+  batch["mask"][1] = batch["mask"][5] = 0.0
   full_state, full = _step(task, batch, mesh, rules, 1)
   accumulated_state, accumulated = _step(task, batch, mesh, rules, 4)
   np.testing.assert_allclose(accumulated["loss"], full["loss"], rtol=1e-5)

@@ -18,9 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from speechfuse import train
-from speechfuse.train import tasks
-from speechfuse.train.tasks import frames
+import synthetic_testlib as frames
+from speechfuse import run as run_lib, tasks, train
 
 TRAINER_TESTLIB = os.path.abspath(__file__)
 
@@ -105,9 +104,9 @@ class TestFrames(frames.SyntheticFrames):
     iterator = iter(dataset.map_with_index(poison).to_iter_dataset())
     return _RecordingIterator(iterator, self.config.task.record_path, self.config.task.batch_sleep)
 
-  def loss(self, params, extra, batch, rng, *, train):
-    loss, aux = super().loss(params, extra, batch, rng, train=train)
-    return loss + batch["poison"].sum(), aux
+  def loss(self, params, extra, batch, rng, *, step, train):
+    loss, aux = super().loss(params, extra, batch, rng, step=step, train=train)
+    return loss._replace(total=loss.total + batch["poison"].sum()), aux
 
 
 tasks.TASKS["test_frames"] = TestFrames
@@ -142,7 +141,7 @@ def main(argv: list[str]) -> None:
   runs = overrides if isinstance(overrides, list) else [overrides]
   for i, run in enumerate(runs):
     suffix = f"-{i}" if isinstance(overrides, list) else ""
-    state = train.train_and_evaluate(tiny_config(**run), workdir + suffix)
+    state = run_lib.run("train", tiny_config(**run), workdir + suffix)
     if jax.process_index() == 0:
       np.savez(out.replace(".npz", f"{suffix}.npz"), **flat_params(state.params))
       shard_shapes = {jax.tree_util.keystr(path): list(leaf.sharding.shard_shape(leaf.shape))

@@ -14,7 +14,7 @@ import scipy.fft
 import scipy.signal
 
 NOISE_KINDS = ("white", "pink", "brown", "babble")
-_NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f^exponent
+NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f^exponent
 _PEAK = 0.95  # Degraded audio is scaled down to this peak when it would clip.
 
 
@@ -86,7 +86,7 @@ def degrade(waveform: np.ndarray, degradation: Degradation, sample_rate: int) ->
   if degradation.noise == "babble":
     noise = babble_noise(rng, waveform.size, sample_rate)
   else:
-    noise = colored_noise(rng, waveform.size, _NOISE_EXPONENTS[degradation.noise])
+    noise = colored_noise(rng, waveform.size, NOISE_EXPONENTS[degradation.noise])
   speech_power = np.mean(speech**2)
   mixed = speech + noise * np.sqrt(speech_power / 10 ** (degradation.snr_db / 10))
   peak = np.max(np.abs(mixed))

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from speechfuse.audio import resample
 from speechfuse.data import storage
@@ -37,6 +38,7 @@ RECIPE_VERSION = 2  # 2: datasets store a per-split index (storage.INDEX_DIR)
 SPLITS = ("train", "dev", "test_clean", "test_other")
 SAMPLE_RATE = 16000
 OPTIONAL_FIELDS = ("phonemes", "phoneme_timings", "word_timings")
+_REPORTED: set[pathlib.Path] = set()  # corpora found up to date in this process
 UTTERANCES_PER_SHARD = 100  # Each shard pays one process start (~1 s), so not much smaller.
 NOISY_TRAIN_FRACTION = 0.3
 SNR_DB = (5.0, 20.0)
@@ -207,7 +209,9 @@ def build_builtin_corpus(data_dir: str | os.PathLike, size: str = "tiny", seed: 
   path = pathlib.Path(data_dir).expanduser() / name
   recipe_fingerprint = fingerprint(size, seed)
   if not force and storage.is_complete(path, recipe_fingerprint):
-    print(f"[{name}] up to date at {path}", flush=True)
+    if path not in _REPORTED:  # once per process: evaluation opens the corpus for every split
+      logging.info("[%s] up to date at %s", name, path)
+      _REPORTED.add(path)
     return path
   work = shards(plan_corpus(size, seed))
   progress = _Progress(name, len(work))
