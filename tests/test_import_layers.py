@@ -55,7 +55,7 @@ def _modules() -> list[pathlib.Path]:
 
 def test_every_layer_is_known():
   layers = {path.relative_to(PACKAGE).parts[0].removesuffix(".py") for path in _modules()} - {"__init__"}
-  assert layers <= set(RANK), f"layers missing from tests/test_layers.py's ORDER: {sorted(layers - set(RANK))}"
+  assert layers <= set(RANK), f"layers missing from tests/test_import_layers.py's ORDER: {sorted(layers - set(RANK))}"
 
 
 def upward_imports(path: pathlib.Path, package: pathlib.Path = PACKAGE) -> list[str]:
