@@ -4,7 +4,8 @@ option dumps and checkpoint-manager lines, grain, tfds) goes to the run's log fi
     logs.setup(workdir, show_libraries=False)   # what the launchers do; --verbosity=0 (or 1, DEBUG) shows it all
 
 Every record at INFO and above, from any library, is appended to <workdir>/log.txt. The console shows warnings
-and errors from everyone and INFO lines from speechfuse and the launch scripts only.
+and errors from everyone and INFO lines from speechfuse and the launch scripts only, as "HH:MM:SS message" (warnings
+and errors keep their level and source line); with the libraries' lines it keeps absl's full prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ from absl import logging
 LOG_FILE = "log.txt"
 _OWN = (os.path.dirname(os.path.abspath(__file__)),)  # speechfuse's own source files
 _FORMAT = "%(asctime)s %(levelname).1s %(filename)s:%(lineno)d] %(message)s"
+
+
+class _ConsoleFormat(py_logging.Formatter):
+  """"01:52:49 step 100/700 | ..." for INFO lines; "01:52:49 W file.py:12] ..." for warnings and errors."""
+
+  def __init__(self):
+    super().__init__(datefmt="%H:%M:%S")
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    prefix = self.formatTime(record, self.datefmt)
+    if record.levelno >= py_logging.WARNING:
+      prefix += f" {record.levelname[0]} {record.filename}:{record.lineno}]"
+    return f"{prefix} {record.getMessage()}" + (f"\n{self.formatException(record.exc_info)}" if record.exc_info else "")
 
 
 class _OwnLines(py_logging.Filter):
@@ -51,8 +65,11 @@ def setup(workdir: str | os.PathLike, *, show_libraries: bool = False, own: tupl
   for existing in list(console.filters):
     if isinstance(existing, _OwnLines):
       console.removeFilter(existing)
-  if not show_libraries:
+  if show_libraries:
+    console.setFormatter(logging.PythonFormatter())
+  else:
     console.addFilter(_OwnLines(_OWN + tuple(os.path.abspath(p) for p in own)))
+    console.setFormatter(_ConsoleFormat())
   return path
 
 

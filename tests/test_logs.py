@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 
 from absl import logging
 
@@ -25,12 +26,17 @@ def test_console_keeps_own_lines_and_warnings_and_the_file_keeps_everything(tmp_
     assert passes(_record(own, py_logging.INFO, "step 100/1000 | loss 1.2"))
     assert not passes(_record(library, py_logging.INFO, "CheckpointManager created"))
     assert passes(_record(library, py_logging.WARNING, "a real problem"))
+    line = console.format(_record(own, py_logging.INFO, "step 100/1000 | loss 1.2"))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d step 100/1000 \| loss 1.2", line), line  # no thread id, no path
+    assert re.fullmatch(r"\d\d:\d\d:\d\d W checkpoint_manager.py:1\] a real problem",
+                        console.format(_record(library, py_logging.WARNING, "a real problem")))
     py_logging.getLogger("absl").info("written to the file too")
     for handler in py_logging.getLogger().handlers:
       handler.flush()
     assert path == os.path.join(tmp_path, logs.LOG_FILE) and "written to the file too" in open(path).read()
     logs.setup(tmp_path, show_libraries=True)  # --verbosity: the console shows every line
     assert passes(_record(library, py_logging.INFO, "CheckpointManager created"))
+    assert "checkpoint_manager.py:1]" in console.format(_record(library, py_logging.INFO, "created"))
   finally:
     for handler in list(py_logging.getLogger().handlers):
       if getattr(handler, "_speechfuse", False):

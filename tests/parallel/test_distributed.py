@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
 from trainer_testlib import run_outputs, run_script  # pylint: disable=wrong-import-position
 
@@ -30,6 +32,7 @@ def _train_two_processes(tmp_path, total_steps):
   return results
 
 
+@pytest.mark.slow  # end to end: two processes train, checkpoint, and resume (~60 s)
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
   stdout, _ = _train_two_processes(tmp_path, 4)[0]
   checkpoint = tmp_path / "run" / "checkpoints" / "4"

@@ -140,6 +140,7 @@ def test_labeled_subset_is_fixed_and_sized(dataset):
     inputs.train_source(config)
 
 
+@pytest.mark.slow  # end to end: pre-train, export, fine-tune, evaluate (~75 s)
 def test_the_wav2vec2_backbone_pre_trains_then_fine_tunes_with_ctc(dataset, tmp_path):
   """The waveform encoder is an ASR encoder like any other: its pre-trained export loads into the CTC model, which
   trains and decodes (offline: it does not stream)."""
@@ -154,6 +155,7 @@ def test_the_wav2vec2_backbone_pre_trains_then_fine_tunes_with_ctc(dataset, tmp_
   finetune.data.train_fraction, finetune.data.test_splits = 0.5, ("dev",)
   finetune.task.init_from = str(pretrained)
   finetune.total_steps = finetune.eval_every_steps = finetune.checkpoint_every_steps = 2
+  finetune.task.freeze_encoder_steps = 1  # the smoke recipe freezes 2 updates: here 1, then 1 that trains it
   state = run_lib.run("train", finetune, tmp_path / "ctc")
   source = train.load_variables(pretrained)["params"]["encoder"]
   assert set(state.params) == {"encoder", "ctc_head"} and set(state.params["encoder"]) == set(source)
