@@ -20,10 +20,10 @@ task.freeze_encoder_steps > 0 zeroes the loaded encoder's gradients and updates 
 (optim.freeze_for_steps). data.train_fraction trains on a fixed labeled subset (inputs.train_source); the CMVN
 statistics still come from the whole train split.
 
-Evaluation (`ASRTask.evaluate_splits`, `--mode=eval`): the test splits decoded offline (full context) and online. Online is
-truly streaming: the encoder runs chunk by chunk through its step API (models.acoustic.online_encode), chunks of
-task.online_chunk_size encoder frames with task.online_left_chunks of left context, so no output reads audio past
-its chunk and the front end's look-ahead; the table states that latency. The periodic evaluation during training
+Evaluation (`ASRTask.evaluate_splits`, `--mode=eval`): the test splits decoded offline (full context) and online.
+Online is truly streaming: the encoder runs chunk by chunk through its step API (models.acoustic.online_encode),
+chunks of task.online_chunk_size encoder frames with task.online_left_chunks of left context, so no output reads audio
+past its chunk and the front end's look-ahead; the table states that latency. The periodic evaluation during training
 (`eval_step`) decodes offline and greedily: it is a progress signal, and the cheapest.
 """
 

@@ -1,6 +1,7 @@
-"""`--mode=fuse` on smoke-size CTC runs: the fused checkpoint loads (ASRTask.evaluate_splits, task.init_from), the report and
-the members' assets are written, a model fused with its random permutation (exact solver) comes back exactly with
-its eval loss, direct averaging, the errors; (slow) two models trained through the trainer, fused and evaluated."""
+"""`--mode=fuse` on smoke-size CTC runs: the fused checkpoint loads (ASRTask.evaluate_splits, task.init_from), the
+report and the members' assets are written, a model fused with its random permutation (exact solver) comes back
+exactly with its eval loss, direct averaging, the errors; (slow) two models trained through the trainer, fused and
+evaluated."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """EBF (models.ensemble): member subtrees laid out like a CTC model's encoder, outputs equal to a member's with a
 head that reads only that member, frozen members (eval-mode BatchNorm, zero gradients and updates), members
-loaded from exported runs by the CTC task; (slow) trained and evaluated through the trainer and ASRTask.evaluate_splits."""
+loaded from exported runs by the CTC task; (slow) trained and evaluated through the trainer and
+ASRTask.evaluate_splits."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ def _records(run: dict) -> list[dict]:
   for i, (hypothesis, confidence) in run.items():
     reference = REFERENCES[i]
     records.append({"id": i, "reference": reference, "hypothesis": hypothesis, "confidence": confidence,
-                    "loss": 1.0, "word_errors": edit_distance_testlib.edit_distance(reference.split(), hypothesis.split()),
-                    "words": len(reference.split()), "char_errors": edit_distance_testlib.edit_distance(list(reference), list(hypothesis)),
-                    "chars": len(reference)})
+                    "loss": 1.0, "words": len(reference.split()), "chars": len(reference),
+                    "word_errors": edit_distance_testlib.edit_distance(reference.split(), hypothesis.split()),
+                    "char_errors": edit_distance_testlib.edit_distance(list(reference), list(hypothesis))})
   return records
 
 

@@ -37,7 +37,8 @@ def smoke_ctc_config(dataset: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def random_fill(shapes, seed: int):
-  """Random arrays for a tree of jax.ShapeDtypeStruct: normal / sqrt(fan-in), norm scales and variances in [0.5, 1.5]."""
+  """Random arrays for a tree of jax.ShapeDtypeStruct: normal / sqrt(fan-in), norm scales and variances in
+  [0.5, 1.5]."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
