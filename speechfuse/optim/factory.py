@@ -1,7 +1,9 @@
 """The optimizer factory: config.optimizer -> an optax GradientTransformation and its schedule.
 
 The chain is clip-by-global-norm (if max_grad_norm > 0) -> the named optimizer with a scheduled learning
-rate. Weight decay is decoupled (AdamW) and skips vectors (biases, norm scales), as in BERT / ViT training.
+rate. AdamW's weight decay is decoupled and skips vectors (biases, norm scales), as in BERT / ViT training.
+ScaledAdam (icefall's, for Zipformer; usually with the eden schedule) has no weight decay and clips by itself,
+relative to the median recent gradient norm (clipping_scale): max_grad_norm does not apply to it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ml_collections
 import optax
 
 from speechfuse.optim import schedules
+from speechfuse.optim.scaled_adam import scaled_adam
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -28,7 +31,16 @@ def default_config() -> ml_collections.ConfigDict:
       "b1": 0.9,
       "b2": 0.98,
       "eps": 1e-9,
-      "weight_decay": 0.01,
+      "weight_decay": 0.01,  # adamw only
+      # scaled_adam: clip gradients to this x the median recent gradient norm (icefall: 2); 0 disables. It replaces
+      # max_grad_norm. icefall's eps is 1e-8 and its base learning rate (with eden) 0.045.
+      "clipping_scale": 2.0,
+      # eden (icefall's defaults; k2SSL pre-training: lr_epochs 10.5, warmup_steps 5000, warmup_start 0.0).
+      "eden_lr_batches": 7500.0,  # updates after which the rate decays markedly
+      "eden_lr_epochs": 3.5,  # epochs after which the rate decays markedly
+      "eden_warmup_start": 0.5,  # warmup rises linearly from this fraction (icefall's zipformer ASR recipe: 0.1)
+      # Updates per epoch, required by eden: the train split's audio seconds / the audio seconds of one update.
+      "eden_steps_per_epoch": 0.0,
   })
 
 
@@ -42,9 +54,18 @@ def _adamw(config: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> 
                      mask=_decay_mask)
 
 
+def _scaled_adam(config: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  return scaled_adam(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
+                     clipping_scale=config.clipping_scale if config.clipping_scale > 0 else None)
+
+
 OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]] = {
     "adamw": _adamw,
+    "scaled_adam": _scaled_adam,
 }
+
+# Optimizers that clip their gradients themselves: make_optimizer puts no global-norm clipping before them.
+SELF_CLIPPING = frozenset({"scaled_adam"})
 
 
 def make_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
@@ -54,7 +75,8 @@ def make_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
   Args:
     config: config.optimizer (see default_config).
     total_steps: the run's total optimizer updates; the schedule spans it unless config.schedule_steps > 0.
-    max_grad_norm: clip gradients to this global norm first; 0 disables clipping.
+    max_grad_norm: clip gradients to this global norm first; 0 disables clipping. Ignored by the SELF_CLIPPING
+      optimizers (scaled_adam), which would otherwise clip twice.
 
   Returns:
     (transformation, schedule): schedule(count) is the learning rate at update `count`, for logging.
@@ -63,6 +85,7 @@ def make_optimizer(config: ml_collections.ConfigDict, *, total_steps: int,
     raise ValueError(f"config.optimizer.name={config.name!r} is unknown; choose from {sorted(OPTIMIZERS)}")
   steps = config.schedule_steps if config.schedule_steps > 0 else total_steps
   schedule = schedules.make_schedule(config, steps)
-  transforms = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
+  clip_first = max_grad_norm > 0 and config.name not in SELF_CLIPPING
+  transforms = [optax.clip_by_global_norm(max_grad_norm)] if clip_first else []
   transforms.append(OPTIMIZERS[config.name](config, schedule))
   return optax.chain(*transforms), schedule

@@ -1,7 +1,9 @@
-"""Learning-rate schedules by name: warmup + cosine, Noam (inverse square root), warmup + linear, constant.
+"""Learning-rate schedules by name: warmup + cosine, Noam (inverse square root), warmup + linear, constant, and
+icefall's Eden.
 
 Every schedule maps the optimizer's update count to a learning rate and peaks at `learning_rate` at the end
-of warmup, so that switching schedules does not change the scale to tune.
+of warmup, so that switching schedules does not change the scale to tune; except Eden, whose `learning_rate` is
+icefall's base_lr (its decay has begun by the end of warmup).
 """
 
 from __future__ import annotations
@@ -46,11 +48,39 @@ def _constant(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
   ], [config.warmup_steps])
 
 
+def _eden(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  """icefall's Eden (egs/librispeech/ASR/zipformer/optim.py), in batches b and epochs e:
+
+    lr = learning_rate * ((b^2 + B^2) / B^2)^-1/4 * ((e^2 + E^2) / E^2)^-1/4 * warmup,
+    warmup = w0 + (1 - w0) b / W while b < W, else 1,
+
+  with B = eden_lr_batches, E = eden_lr_epochs, W = warmup_steps, w0 = eden_warmup_start. As in icefall's
+  training loops, b is the 1-based index of the update (count + 1) and e the epochs completed; e is continuous
+  here, count / eden_steps_per_epoch (icefall steps it once per epoch).
+  """
+  del steps
+  if config.eden_steps_per_epoch <= 0:
+    raise ValueError(f"config.optimizer.eden_steps_per_epoch={config.eden_steps_per_epoch} must be > 0 for the eden "
+                     "schedule (the train split's audio seconds / the audio seconds of one update)")
+  base, lr_batches, lr_epochs = config.learning_rate, config.eden_lr_batches, config.eden_lr_epochs
+  warmup, start, steps_per_epoch = config.warmup_steps, config.eden_warmup_start, config.eden_steps_per_epoch
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.result_type(float))
+    batch, epoch = count + 1.0, count / steps_per_epoch
+    decay = ((batch**2 + lr_batches**2) / lr_batches**2) ** -0.25 * ((epoch**2 + lr_epochs**2) / lr_epochs**2) ** -0.25
+    ramp = jnp.where(batch >= warmup, 1.0, start + (1.0 - start) * batch / max(warmup, 1))
+    return base * decay * ramp
+
+  return schedule
+
+
 SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
     "cosine": _cosine,
     "linear": _linear,
     "noam": _noam,
     "constant": _constant,
+    "eden": _eden,
 }
 
 
