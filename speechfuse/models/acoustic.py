@@ -18,6 +18,7 @@ Config sections read here (each recipe writes them in full, see `default_fronten
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -152,18 +153,20 @@ class AcousticModel(nn.Module):
     return self.spec_augment(features, frame_lengths, train=train), frame_lengths
 
   def encode(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
-             chunk_size: attention.IntLike | None = None,
-             num_left_chunks: attention.IntLike = -1) -> tuple[jax.Array, jax.Array]:
+             chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
+             step: jax.Array | int | None = None) -> tuple[jax.Array, jax.Array]:
     """audio int16 [batch, samples], audio_lengths [batch] -> (x [batch, frames', d_model] with padding zeroed,
     lengths' [batch]).
 
     train: SpecAugment, dither, dropout, BatchNorm batch statistics, dynamic chunks. chunk_size / num_left_chunks:
     the chunk attention mask (None: full context) for training and tests; streaming evaluation goes through
-    `online_encode`, which feeds the encoder chunk by chunk.
+    `online_encode`, which feeds the encoder chunk by chunk. step: the training step, for encoders whose call
+    takes one (the Zipformer's scheduled Balancer / Whiten); None at evaluation.
     """
     features, frame_lengths = self.features(audio, audio_lengths, train=train)
+    scheduled = {"step": step} if step is not None and _takes_step(self.encoder) else {}
     return self.encoder(features, frame_lengths, train=train, chunk_size=chunk_size,
-                        num_left_chunks=num_left_chunks)[:2]
+                        num_left_chunks=num_left_chunks, **scheduled)[:2]
 
   # The streaming API (speechfuse.nn.streaming), on the encoder's step.
 
@@ -177,6 +180,10 @@ class AcousticModel(nn.Module):
     """One chunk's window of features [batch, window, ...] with `lengths` valid frames -> (x [batch, chunk, D],
     valid frames [batch], state)."""
     return self.encoder.step(features, lengths, state)
+
+
+def _takes_step(encoder: nn.Module) -> bool:
+  return "step" in inspect.signature(type(encoder).__call__).parameters
 
 
 def online_encode(model: AcousticModel, variables: Any, audio: jax.Array, audio_lengths: jax.Array, *,

@@ -56,15 +56,16 @@ class CTCModel(acoustic.AcousticModel):
     self.ctc_head = ctc_head(self.vocab_size, self.dtype)
 
   def __call__(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
-               chunk_size: attention.IntLike | None = None,
-               num_left_chunks: attention.IntLike = -1) -> tuple[jax.Array, jax.Array]:
+               chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
+               step: jax.Array | int | None = None) -> tuple[jax.Array, jax.Array]:
     """audio: int16 [batch, samples], audio_lengths: [batch] -> (log_probs [batch, T, vocab] float32, lengths [batch]).
 
     chunk_size / num_left_chunks restrict attention to chunks of encoder frames (the chunk mask); with
-    train=True apply with rngs for acoustic.RNG_STREAMS and mutable=["batch_stats"] if the encoder has BatchNorm.
+    train=True apply with rngs for acoustic.RNG_STREAMS and mutable=["batch_stats"] if the encoder has BatchNorm;
+    step: the training step (AcousticModel.encode).
     """
     x, lengths = self.encode(audio, audio_lengths, train=train, chunk_size=chunk_size,
-                             num_left_chunks=num_left_chunks)
+                             num_left_chunks=num_left_chunks, step=step)
     return self.log_probs(x), lengths
 
   def log_probs(self, x: jax.Array) -> jax.Array:

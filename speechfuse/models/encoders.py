@@ -12,8 +12,9 @@ An encoder module is called as `encoder(inputs, lengths, *, train, chunk_size, n
 frames', d_model], lengths' [batch], ...). Encoders whose class has `step` / `init_state` stream
 (speechfuse.nn.streaming); `streams` says whether a config's encoder does. Masked-prediction pre-training
 (models.ssl) of an fbank encoder also passes `frame_mask` [batch, frames'] and `mask_embedding` [d_model] and reads
-its `subsampling` / `subsampling_factor` to draw the mask. New architectures (Zipformer, Emformer, a video ViT) add
-themselves with `register`.
+its `subsampling` / `subsampling_factor` to draw the mask. The Zipformer's call also takes the training step
+(`step`: icefall's schedules, Balancer and Whiten). New architectures (Emformer, a video ViT) add themselves with
+`register`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import ml_collections
 
 from speechfuse import nn as sf_nn
 from speechfuse.audio import frames
-from speechfuse.nn import subsampling, wav2vec2
+from speechfuse.nn import subsampling, wav2vec2, zipformer
 
 # Module fields that are not encoder attributes a config sets.
 _NOT_CONFIG = ("parent", "name", "dtype", "param_dtype")
@@ -93,6 +94,16 @@ def _wav2vec2_config(size: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(sizes)
 
 
+def _zipformer_config(size: str) -> ml_collections.ConfigDict:
+  """Every attribute of ZipformerEncoder at `size` (speechfuse.nn.zipformer's table: smoke, tiny, base, large)."""
+  config = ml_collections.ConfigDict(zipformer.zipformer_size(size))
+  config.causal = False  # chunk-causal convolutions: needed for chunk_size (streaming-style training and decoding)
+  config.chunk_sizes = (16, 32, 64, -1)  # with causal, training draws a chunk (50 Hz frames; -1 = full) per batch
+  config.left_context_frames = (64, 128, 256, -1)  # ... and a left context, as icefall's recipe
+  config.warmup_steps = 4000.0  # icefall's warmup_batches: the stacks' layer skipping decays over these steps
+  return config
+
+
 def _fbank_grid(config: ml_collections.ConfigDict, sample_rate: int) -> frames.FrameGrid:
   return subsampling.fbank_grid(sample_rate, config.subsampling, config.subsampling_factor)
 
@@ -103,6 +114,8 @@ ENCODERS: dict[str, EncoderType] = {
                                _fbank_grid),
     "wav2vec2": EncoderType(sf_nn.Wav2Vec2Encoder, "waveform", _wav2vec2_config,
                             lambda config, sample_rate: wav2vec2.wav2vec2_grid(sample_rate)),
+    "zipformer": EncoderType(sf_nn.ZipformerEncoder, "fbank", _zipformer_config,
+                             lambda config, sample_rate: zipformer.zipformer_grid(sample_rate)),
 }
 
 

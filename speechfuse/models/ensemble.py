@@ -67,13 +67,14 @@ class EnsembleCTCModel(acoustic.AcousticModel):
     return [getattr(self, member_name(i)) for i in range(self.num_members)]
 
   def __call__(self, audio: jax.Array, audio_lengths: jax.Array, *, train: bool = False,
-               chunk_size: attention.IntLike | None = None,
-               num_left_chunks: attention.IntLike = -1) -> tuple[jax.Array, jax.Array]:
+               chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
+               step: jax.Array | int | None = None) -> tuple[jax.Array, jax.Array]:
     """audio: int16 [batch, samples], audio_lengths: [batch] -> (log_probs [batch, T, vocab] float32, lengths [batch]).
 
     As models.ctc.CTCModel; with train=True the members still run in eval mode (only the head and SpecAugment
-    see `train`), so dynamic chunk training does not apply to them.
+    see `train`), so dynamic chunk training does not apply to them, and nor does `step` (frozen members).
     """
+    del step
     x, lengths = self.encode(audio, audio_lengths, train=train, chunk_size=chunk_size, num_left_chunks=num_left_chunks)
     return self.log_probs(x), lengths
 

@@ -214,19 +214,20 @@ class TransducerModel(acoustic.AcousticModel):
     return self.joiner(encoder_proj, decoder_proj)
 
   def __call__(self, audio: jax.Array, audio_lengths: jax.Array, labels: jax.Array, label_lengths: jax.Array, *,
-               train: bool = False) -> tuple[dict[str, jax.Array], jax.Array]:
+               train: bool = False, step: jax.Array | int | None = None) -> tuple[dict[str, jax.Array], jax.Array]:
     """Per-utterance losses.
 
     Args:
       audio: int16 [B, S]; audio_lengths: [B].
       labels: int [B, U] (padded with blank 0); label_lengths: [B].
       train: as CTCModel (rngs for acoustic.RNG_STREAMS, mutable batch_stats).
+      step: the training step (AcousticModel.encode).
 
     Returns:
       ({"simple": [B], "pruned": [B], and "ctc": [B] with the CTC head} float32 negative log-likelihoods,
       encoder lengths [B]).
     """
-    encoder_out, lengths = self.encode(audio, audio_lengths, train=train)
+    encoder_out, lengths = self.encode(audio, audio_lengths, train=train, step=step)
     return self.losses(encoder_out, lengths, labels, label_lengths), lengths
 
   def losses(self, encoder_out: jax.Array, lengths: jax.Array, labels: jax.Array,

@@ -42,9 +42,9 @@ class CTCTask(asr.ASRTask):
     return self._init_from(dict(self.model.init(rng, batch["audio"], batch["audio_lengths"])))
 
   def loss(self, params, extra, batch, rng, *, step, train):
-    del step  # the CTC loss has no schedule
+    # The step reaches encoders with scheduled training-only parts (the Zipformer's); evaluation passes none.
     (log_probs, lengths), updates = self._apply({"params": params, **extra}, batch["audio"], batch["audio_lengths"],
-                                                train=train, rng=rng)
+                                                train=train, rng=rng, step=step if train else None)
     per_utterance = ctc_lib.ctc_loss(log_probs, lengths, batch["labels"], batch["label_lengths"],
                                      self.tokenizer.blank_id)
     loss, metrics = self._average(per_utterance, batch)

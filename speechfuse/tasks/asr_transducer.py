@@ -56,7 +56,8 @@ class TransducerTask(asr.ASRTask):
 
   def loss(self, params, extra, batch, rng, *, step, train):
     (losses, _), updates = self._apply({"params": params, **extra}, batch["audio"], batch["audio_lengths"],
-                                       batch["labels"], batch["label_lengths"], train=train, rng=rng)
+                                       batch["labels"], batch["label_lengths"], train=train, rng=rng,
+                                       step=step if train else None)
     blended, counted = self.blend(losses, step if train else None)
     loss, metrics = self._average(blended, batch, counted)
     for name, value in losses.items():

@@ -94,8 +94,8 @@ def test_registry_refuses_a_second_encoder_of_a_name(toy_encoder):
 
 
 def test_unknown_architecture_and_key_are_named():
-  with pytest.raises(ValueError, match="architecture='zipformer' is unknown"):
-    encoders.default_config("zipformer")
+  with pytest.raises(ValueError, match="architecture='emformer' is unknown"):
+    encoders.default_config("emformer")
   config = encoders.default_config("conformer", "smoke")
   config.kernel = 3
   with pytest.raises(ValueError, match=r"\['kernel'\].*conformer"):
