@@ -3,7 +3,7 @@
 Layers, bottom up (a package's modules may import each other; a layer imports only from lower ones):
   util        speechfuse.config, speechfuse.logs (recipe arguments, logging setup)
   library     audio, text, data, nn, losses, decoding, optim, parallel (in that order)
-  models -> train -> eval -> tasks -> ssl / fusion -> run -> projects -> cli (the launch scripts' helpers)
+  models -> train -> eval -> tasks -> ssl / fusion -> convert -> run -> projects -> cli (the launch scripts' helpers)
 The test reads every module's imports (function-level ones included) with `ast`, so a lazy import that hides a
 cycle fails too, and names the pair.
 """
@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "speechfuse"
 ORDER = ("config", "logs", "audio", "text", "data", "nn", "losses", "decoding", "optim", "parallel", "models",
-         "train", "eval", "tasks", "ssl", "fusion", "run", "projects", "cli")
+         "train", "eval", "tasks", "ssl", "fusion", "convert", "run", "projects", "cli")
 # Peers share a rank: they may not import each other either way (ssl and fusion), or they are one utility layer.
 RANK = {name: rank for rank, name in enumerate(ORDER)}
 RANK.update(logs=RANK["config"], fusion=RANK["ssl"])

@@ -3,6 +3,7 @@
 from speechfuse.audio.io import AudioReadError, read_audio, resample, write_audio
 from speechfuse.audio.augment import (
     add_noise,
+    mix_utterances,
     random_add_noise,
     random_speed_perturb,
     spec_augment,

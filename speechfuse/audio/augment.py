@@ -9,6 +9,10 @@ under-masked nor a short one wiped out. The defaults are those of the Conformer 
 multiplicity ratio 0.04: every utterance of 2.5 s (250 frames) or more gets the full 10 masks, a 1 s one
 gets 4 masks of up to 5 frames.
 
+WavLM's utterance mixing (Chen et al. 2022) also runs inside the jitted step: it overlaps a segment of another
+utterance of the batch onto some utterances and changes nothing else, so the pseudo-labels stay those of the
+primary speaker.
+
 Speed perturbation and noise run per utterance on the host, in the data pipeline, before the front end.
 """
 
@@ -127,6 +131,69 @@ def _random_span_mask(
   position = jnp.arange(size)[None, None, :]
   covered = (position >= start[:, :, None]) & (position < (start + width)[:, :, None]) & used[:, :, None]
   return covered.any(axis=1)
+
+
+def mix_utterances(
+    rng: jax.Array,
+    audio: jax.Array,
+    lengths: jax.Array,
+    *,
+    prob: float,
+    max_ratio: float = 0.5,
+    energy_db: tuple[float, float] = (-5.0, 5.0),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Adds a segment of another utterance of the batch to each utterance with probability `prob`.
+
+  WavLM's utterance mixing (Chen et al., "WavLM", IEEE JSTSP 2022). With probability `prob` (never when L_i = 0 or
+  the batch holds one utterance), utterance i of L_i valid samples is mixed with:
+    interferer j, uniform over the other utterances of the batch;
+    segment length n, uniform on {0, ..., min(floor(max_ratio * L_i), L_j)} samples;
+    start s in i, uniform on {0, ..., L_i - n}; source start r in j, uniform on {0, ..., L_j - n};
+    energy ratio e ~ U(energy_db) dB and gain = sqrt(E_i / (10^(e / 10) E_j)), with E the mean square over the
+    valid samples of the whole utterance (the convention of the WavLM-style fairseq UtteranceMixingDataset and
+    NeMo's WavLMAugmentation; not over the overlap), or 0 when E_j = 0;
+    mixed[i, s:s + n] = audio[i, s:s + n] + gain * audio[j, r:r + n].
+  Every draw and energy comes from the unmixed batch. Samples outside [s, s + n), padding included, are returned
+  unchanged; so is every utterance not mixed.
+
+  Args:
+    rng: PRNG key.
+    audio: [batch, samples] float waveforms.
+    lengths: [batch] integer number of valid samples per utterance.
+    prob: probability that an utterance is mixed (WavLM: 0.2).
+    max_ratio: the segment is at most floor(max_ratio * L_i) samples, in exact integer arithmetic as in
+      `spec_augment` (static).
+    energy_db: range of 10 * log10(E_i / (gain^2 E_j)).
+
+  Returns:
+    (mixed [batch, samples] of the input's dtype, info): info holds [batch] arrays mixed (bool), interferer (j),
+    start (s), source_start (r), length (n; 0 when not mixed), gain (0 when not mixed) and energy_ratio_db (e).
+  """
+  batch, samples = audio.shape
+  keys = jax.random.split(rng, 6)
+  lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, samples)
+  interferer = (jnp.arange(batch) + jax.random.randint(keys[0], (batch,), 1, max(batch, 2))) % batch
+  mixed = (jax.random.uniform(keys[1], (batch,)) < prob) & (lengths > 0) & (batch > 1)
+  source_lengths = lengths[interferer]
+  max_length = jnp.minimum(_floor_ratio(lengths, max_ratio), source_lengths)
+  length = jnp.where(mixed, jax.random.randint(keys[2], (batch,), 0, max_length + 1), 0)
+  start = jax.random.randint(keys[3], (batch,), 0, lengths - length + 1)
+  source_start = jax.random.randint(keys[4], (batch,), 0, source_lengths - length + 1)
+  ratio_db = jax.random.uniform(keys[5], (batch,), minval=energy_db[0], maxval=energy_db[1])
+
+  x = jnp.asarray(audio, jnp.float32)
+  positions = jnp.arange(samples)[None, :]
+  energy = jnp.sum(jnp.where(positions < lengths[:, None], x * x, 0.0), axis=1) / jnp.maximum(lengths, 1)
+  source_energy = energy[interferer]
+  gain = jnp.sqrt(energy / (jnp.maximum(source_energy, jnp.finfo(jnp.float32).tiny) * 10.0 ** (ratio_db / 10.0)))
+  gain = jnp.where(mixed & (source_energy > 0), gain, 0.0)
+  offset = positions - start[:, None]  # [batch, samples]: position inside the segment
+  inside = (offset >= 0) & (offset < length[:, None])
+  source = jnp.take_along_axis(x[interferer], jnp.clip(offset + source_start[:, None], 0, samples - 1), axis=1)
+  out = jnp.where(inside, x + gain[:, None] * source, x).astype(jnp.asarray(audio).dtype)
+  info = {"mixed": mixed, "interferer": interferer, "start": start, "source_start": source_start, "length": length,
+          "gain": gain, "energy_ratio_db": ratio_db}
+  return out, info
 
 
 def speed_perturbed_length(num_samples: int, sample_rate: int, factor: float) -> int:

@@ -1,4 +1,5 @@
-"""Masked-prediction SSL model (HuBERT; k2SSL's CE variant) over a registered encoder (models.encoders).
+"""SSL pre-training model over a registered encoder (models.encoders): masked prediction of frame targets (HuBERT,
+WavLM; k2SSL's CE variant) or wav2vec 2.0's contrastive task against quantized features.
 
 Data flow, audio int16 [B, S] -> encoder frames [B, T, d_model] -> head:
   fbank encoders (the Conformer): fbank + CMVN -> SpecAugment (off in the recipes) -> encoder, whose subsampled
@@ -7,10 +8,14 @@ Data flow, audio int16 [B, S] -> encoder frames [B, T, d_model] -> head:
   head "hubert": final_proj Dense d_model -> final_dim, and label_embeddings [C, final_dim] (fairseq's
                label_embs_concat), scored by cosine similarity in losses.masked_prediction.hubert_loss.
   head "ce":     ce_head Dense d_model -> C (k2SSL), scored by losses.masked_prediction.ce_loss.
+  head "wav2vec2" (waveform encoders): quantizer (nn.quantizer.GumbelVectorQuantizer) of the unmasked normalised
+               conv features -> project_q Dense -> final_dim targets; final_proj Dense d_model -> final_dim of the
+               context; scored by losses.contrastive against distractors the task samples.
 
 Parameter tree: encoder/... is exactly the tree of the same encoder inside the ASR models (models.ctc with
 the same model.encoder config), so a pre-trained encoder loads into them by name; mask_embedding (fbank
-encoders), final_proj / label_embeddings or ce_head are the pre-training head, dropped at fine-tuning.
+encoders), final_proj / label_embeddings, ce_head or quantizer / project_q / final_proj are the pre-training
+head, dropped at fine-tuning.
 
 The span mask (nn.masking.compute_mask) is drawn from an explicit key: training passes a fresh one per step,
 evaluation a fixed one, so dev metrics are comparable between evaluations.
@@ -27,9 +32,9 @@ import ml_collections
 
 from speechfuse import audio as audio_lib
 from speechfuse.models import acoustic, encoders
-from speechfuse.nn import attention, layers, masking, subsampling, wav2vec2
+from speechfuse.nn import attention, layers, masking, quantizer, subsampling, wav2vec2
 
-HEADS = ("hubert", "ce")
+HEADS = ("hubert", "ce", "wav2vec2")
 
 
 def default_config(backbone: str = "conformer", size: str = "tiny") -> ml_collections.ConfigDict:
@@ -37,6 +42,8 @@ def default_config(backbone: str = "conformer", size: str = "tiny") -> ml_collec
   frames the span mask replaces, or the wav2vec2 waveform encoder with its own mask embedding); the class count
   and the head come from the task (its targets and its loss)."""
   config = ml_collections.ConfigDict({"name": "ssl", "final_dim": 256})
+  # The wav2vec2 head's product quantizer (wav2vec 2.0 base: 2 groups x 320 entries, 256 wide).
+  config.quantizer = ml_collections.ConfigDict({"num_groups": 2, "num_vars": 320, "codevector_dim": 256})
   config.mask = ml_collections.ConfigDict({
       "mask_prob": 0.8,  # HuBERT (icefall / k2SSL: 0.65)
       "mask_length": 10,  # frames per span
@@ -55,11 +62,14 @@ def default_config(backbone: str = "conformer", size: str = "tiny") -> ml_collec
 class SSLOutput(NamedTuple):
   """What SSLModel returns.
 
-  head: float [B, T, final_dim] (hubert: projected frames) or [B, T, C] (ce: logits before the temperature).
-  label_embeddings: [C, final_dim] (hubert) or None (ce).
+  head: float [B, T, final_dim] (hubert, wav2vec2: projected frames) or [B, T, C] (ce: logits before the
+    temperature).
+  label_embeddings: [C, final_dim] (hubert) or None.
   frame_mask: bool [B, T], True on masked frames.
   lengths: [B] valid encoder frames.
   features: [B, T, channels] the convolutional features (wav2vec2, for the feature penalty) or None.
+  quantized: [B, T, final_dim] the projected quantized targets (head wav2vec2) or None.
+  perplexity: the quantizer's codebook perplexity over masked frames, a scalar (head wav2vec2) or None.
   """
 
   head: jax.Array
@@ -67,6 +77,8 @@ class SSLOutput(NamedTuple):
   frame_mask: jax.Array
   lengths: jax.Array
   features: jax.Array | None
+  quantized: jax.Array | None = None
+  perplexity: jax.Array | None = None
 
 
 class SSLModel(nn.Module):
@@ -77,8 +89,9 @@ class SSLModel(nn.Module):
       "waveform" (the wav2vec2 encoder, which masks its own projected features).
     encoder: the models.encoders encoder.
     num_classes: C, the k-means clusters of the targets.
-    head: "hubert" or "ce".
-    final_dim: HuBERT's projection width.
+    head: "hubert", "ce" or "wav2vec2" (waveform encoders only).
+    final_dim: the projection width of the hubert and wav2vec2 heads.
+    num_groups, num_vars, codevector_dim: the wav2vec2 head's quantizer.
     mask_prob, mask_length, min_masks: nn.masking.compute_mask.
     frontend, spec_augment: the Conformer's front end (as models.ctc).
     dtype: compute dtype of the head.
@@ -88,6 +101,9 @@ class SSLModel(nn.Module):
   num_classes: int
   head: str = "hubert"
   final_dim: int = 256
+  num_groups: int = 2
+  num_vars: int = 320
+  codevector_dim: int = 256
   mask_prob: float = 0.8
   mask_length: int = 10
   min_masks: int = 2
@@ -97,8 +113,9 @@ class SSLModel(nn.Module):
 
   @nn.compact
   def __call__(self, audio: jax.Array, audio_lengths: jax.Array, mask_rng: jax.Array, *,
-               train: bool = False) -> SSLOutput:
-    """audio: int16 [B, S], audio_lengths: [B], mask_rng: key of the span mask -> SSLOutput.
+               train: bool = False, temperature: jax.Array | float = 2.0) -> SSLOutput:
+    """audio: [B, S] int16 (or floats on that scale), audio_lengths: [B], mask_rng: key of the span mask ->
+    SSLOutput; temperature: the wav2vec2 head's Gumbel-softmax temperature (nn.quantizer.gumbel_temperature).
 
     With train=True apply with rngs for acoustic.RNG_STREAMS (and mutable=["batch_stats"] for a BatchNorm Conformer).
     """
@@ -119,6 +136,18 @@ class SSLModel(nn.Module):
       frame_mask = mask(wav2vec2.frame_lengths(audio_lengths), wav2vec2.frame_lengths(audio.shape[1]))
       out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths, mask=frame_mask, train=train)
       x, lengths, conv_features = out.x, out.lengths, out.features
+    if self.head == "wav2vec2":
+      if self.backbone != "waveform":
+        raise ValueError("the wav2vec2 head quantizes the waveform encoder's conv features: use a waveform encoder")
+      masked = frame_mask & attention.padding_mask(lengths, x.shape[1])
+      quantized, perplexity, _ = quantizer.GumbelVectorQuantizer(
+          self.num_groups, self.num_vars, self.codevector_dim, dtype=self.dtype, name="quantizer",
+      )(out.normed_features, masked, temperature, train=train)
+      dense = lambda name, axis: nn.Dense(
+          self.final_dim, dtype=self.dtype, kernel_init=layers.kernel_init((axis, None)),
+          bias_init=layers.bias_init((None,)), name=name)
+      return SSLOutput(dense("final_proj", "embed")(x), None, frame_mask, lengths, conv_features,
+                       dense("project_q", None)(quantized), perplexity)
     if self.head == "hubert":
       projected = nn.Dense(self.final_dim, dtype=self.dtype, kernel_init=layers.kernel_init(("embed", None)),
                            bias_init=layers.bias_init((None,)), name="final_proj")(x)
@@ -153,7 +182,7 @@ def from_config(config: ml_collections.ConfigDict, dtype: Any, *, num_classes: i
   if head not in HEADS:
     raise ValueError(f"SSL head {head!r} is unknown; choose from {HEADS}")
   common = dict(num_classes=num_classes, head=head, final_dim=config.final_dim, dtype=dtype,
-                **config.mask.to_dict())
+                **config.mask.to_dict(), **(config.quantizer.to_dict() if "quantizer" in config else {}))
   encoder = encoders.make_encoder(config.encoder, dtype)
   if encoders.inputs(config.encoder) == "waveform":
     return SSLModel("waveform", encoder, **common)

@@ -48,7 +48,10 @@ from speechfuse.nn.attention import (
 from speechfuse.nn.conformer import ConformerBlock, ConformerEncoder, ConvModule, DepthwiseConv1d
 from speechfuse.nn.layers import FeedForward, sinusoids
 from speechfuse.nn.masking import MaskEmbedding, compute_mask
+from speechfuse.nn.quantizer import GumbelVectorQuantizer, gumbel_temperature
+from speechfuse.nn.relative_bias import PositionBiasGate, RelativePositionBias
 from speechfuse.nn.sizes import SIZES, count_params, encoder_size
 from speechfuse.nn.subsampling import Conv1dSubsampling, Conv2dSubsampling, conv_output_length, subsampled_length
 from speechfuse.nn.transformer import TransformerBlock, TransformerEncoder
 from speechfuse.nn.wav2vec2 import Wav2Vec2Encoder, Wav2Vec2Output, frame_lengths, wav2vec2_size
+from speechfuse.nn.zipformer import ZipformerEncoder

@@ -143,8 +143,11 @@ class MultiHeadSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
-               cache: tuple[jax.Array, jax.Array] | None = None) -> jax.Array | tuple[jax.Array, Any]:
+               cache: tuple[jax.Array, jax.Array] | None = None,
+               bias: jax.Array | None = None) -> jax.Array | tuple[jax.Array, Any]:
     """x: [batch, time, embed], mask: [batch, time, keys] bool (query, key; True = attend) -> [batch, time, embed].
+
+    bias: [batch or 1, heads, time, keys] added to the scaled scores (WavLM's gated relative position bias).
 
     A query row with no allowed key outputs zeros (then the out bias) rather than an average over padding.
     With `cache` = (keys, values) [batch, cached, heads, head_dim] of the frames just before x (a streaming
@@ -182,6 +185,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     allowed = mask[:, None, :, :]
     scores = scores.astype(jnp.float32) / np.sqrt(head_dim)
+    if bias is not None:
+      scores = scores + bias.astype(jnp.float32)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0)
     probs = nn.Dropout(self.dropout_rate)(probs, deterministic=not train)

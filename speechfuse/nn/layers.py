@@ -12,7 +12,9 @@ import numpy as np
 Dtype = Any
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default, so imported checkpoints keep their numerics
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu, "swish": nn.swish, "gelu": nn.gelu,
+    "relu": nn.relu, "swish": nn.swish,
+    "gelu": nn.gelu,  # flax's tanh approximation (HF "gelu_new")
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),  # the erf form: PyTorch's nn.GELU(), fairseq, HF "gelu"
 }
 
 

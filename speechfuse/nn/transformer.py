@@ -15,6 +15,7 @@ import numpy as np
 
 from speechfuse.nn import attention
 from speechfuse.nn import layers
+from speechfuse.nn import relative_bias
 from speechfuse.nn import streaming
 from speechfuse.nn import subsampling
 
@@ -44,11 +45,13 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False,
-               cache: streaming.BlockCache | None = None) -> jax.Array | tuple[jax.Array, streaming.BlockCache]:
+               cache: streaming.BlockCache | None = None,
+               position_bias: jax.Array | None = None) -> jax.Array | tuple[jax.Array, streaming.BlockCache]:
     """x: [batch, time, embed], mask: [batch, time, time] bool -> [batch, time, embed].
 
     With `cache` (a streaming chunk; its conv entry unused): mask is [batch, time, cached + time] and the result
-    is (x, new cache).
+    is (x, new cache). position_bias: [heads, time, time] (WavLM), gated from the attention's input by the
+    submodule position_bias_gate (nn.relative_bias) and added to the scores.
     """
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     new_cache = []
@@ -61,7 +64,10 @@ class TransformerBlock(nn.Module):
       return norm(x + drop(branch(x), deterministic=not train))
 
     def attend_branch(h):
-      out = attend(h, mask, train=train, cache=None if cache is None else cache[:2])
+      bias = None
+      if position_bias is not None:
+        bias = relative_bias.PositionBiasGate(self.num_heads, name="position_bias_gate", **kw)(h, position_bias)
+      out = attend(h, mask, train=train, cache=None if cache is None else cache[:2], bias=bias)
       if cache is None:
         return out
       new_cache.append(out[1])

@@ -1,23 +1,28 @@
-"""wav2vec 2.0 / HuBERT waveform encoder: convolutional features, projection, convolutional positions, Transformer.
+"""wav2vec 2.0 / HuBERT / WavLM waveform encoder: convolutional features, projection, positions, Transformer.
 
-Data flow (fairseq HuBERT, HF HubertModel), waveform [batch, samples] at 16 kHz, floats in [-1, 1]:
+Data flow (fairseq HuBERT, HF Wav2Vec2Model / HubertModel / WavLMModel), waveform [batch, samples] at 16 kHz,
+floats in [-1, 1]:
   feature_extractor  7 convs (channels, kernel, stride) = [(C, 10, 5)] + [(C, 3, 2)] x 4 + [(C, 2, 2)] x 2, no
                      bias, each followed by exact GELU; mode "group_norm" (base models) puts a GroupNorm with one
                      group per channel (per-channel statistics over time, float32) after the first conv only,
                      "layer_norm" (large models, data2vec) a LayerNorm over channels after every conv.
                      -> features [batch, T, C], T = floor((samples - 400) / 320) + 1: 20 ms hop, 25 ms window.
   feature_grad_mult  scales the gradient flowing into the extractor (fairseq HuBERT base: 0.1).
-  feature_projection LayerNorm -> Dense to d_model -> dropout (input_dropout_rate, fairseq's dropout_input).
+  feature_projection LayerNorm (HF HuBERT's feat_proj_layer_norm may leave it out) -> Dense to d_model -> dropout
+                     (input_dropout_rate, fairseq's dropout_input).
   mask_embedding     masked frames replaced by a learned vector (speechfuse.nn.masking).
   pos_conv_embed     padding frames zeroed, then x += GELU(conv(x)): a grouped Conv1d (kernel 128, 16 groups,
                      padding 64, the extra last frame dropped) with weight norm over the kernel's time axis.
+  relative bias      WavLM only (relative_position_buckets > 0): nn.relative_bias, one bucketed bias [heads, T, T]
+                     shared by all blocks, gated per block from its attention input.
   post-LN (base; HF do_stable_layer_norm=False, fairseq layer_norm_first=False):
                      encoder_norm -> dropout -> post-LN TransformerBlocks.
   pre-LN (large; do_stable_layer_norm=True, layer_norm_first=True):
                      dropout -> pre-LN TransformerBlocks -> encoder_norm.
 Padding: a valid frame only sees valid samples (unpadded convs), the GroupNorm statistics are taken over valid
 frames and attention ignores padded keys, so a padded utterance encodes as it would alone. fairseq and HF
-take the GroupNorm statistics over every frame; they pre-train on unpadded (cropped) batches, where both agree.
+take the GroupNorm statistics over every frame, padding included (group_norm_over_padding=True reproduces that);
+they pre-train on unpadded (cropped) batches, where both agree.
 
 Parameters (C = extractor channels, d = d_model, K = pos_conv_kernel, G = pos_conv_groups, h = heads) and the
 HF names a converter maps from (PyTorch Conv1d weights are [out, in, k], Linear weights [out, in]):
@@ -38,6 +43,7 @@ HF names a converter maps from (PyTorch Conv1d weights are [out, in, k], Linear 
   blocks_{i}/mhsa/out/kernel [h, d / h, d]                  <- ...attention.out_proj.weight.T reshaped; bias [d]
   blocks_{i}/norm_mhsa, blocks_{i}/norm_ffn                 <- encoder.layers.{i}.layer_norm, .final_layer_norm
   blocks_{i}/ffn/dense_in, blocks_{i}/ffn/dense_out         <- ...feed_forward.intermediate_dense, .output_dense
+  relative_position_bias, blocks_{i}/position_bias_gate     <- WavLM's (names in nn.relative_bias)
 fairseq names the same tensors feature_extractor.conv_layers.{i}.0 (conv), .2 (GroupNorm) or .2.1 (LayerNorm),
 layer_norm, post_extract_proj, mask_emb, encoder.pos_conv.0.{weight_g, weight_v, bias}, encoder.layer_norm,
 encoder.layers.{i}.{self_attn.{q,k,v,out}_proj, self_attn_layer_norm, fc1, fc2, final_layer_norm}.
@@ -48,9 +54,11 @@ Sizes (`wav2vec2_size`; parameter counts from jax.eval_shape, mask embedding inc
   base  12      768      12     3072  512                 94,371,712  HuBERT / wav2vec 2.0 base (fairseq's 94.7M
                                                                       adds final_proj and the label embeddings)
 
+The blocks' FFN activation is the exact (erf) GELU of fairseq and HF by default ("gelu_exact"); the extractor and
+positional convs always use it. speechfuse.convert maps HF / fairseq checkpoints onto this tree and back.
+
 Not modelled: LayerDrop (fairseq HuBERT base drops blocks with p = 0.05). TransformerBlock ties the FFN's hidden
-dropout to dropout_rate (fairseq: activation_dropout 0), and layers' "gelu" is flax's tanh approximation where
-fairseq and HF use the exact form in the blocks; the extractor and positional convs here use the exact form.
+dropout to dropout_rate (fairseq: activation_dropout 0).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from speechfuse.audio import frames
 from speechfuse.nn import attention
 from speechfuse.nn import layers
 from speechfuse.nn import masking
+from speechfuse.nn import relative_bias
 from speechfuse.nn import subsampling
 from speechfuse.nn import transformer
 
@@ -112,11 +121,14 @@ class ChannelGroupNorm(nn.Module):
   """
 
   param_dtype: layers.Dtype = jnp.float32
+  over_padding: bool = False  # statistics over every frame, padding included (PyTorch's GroupNorm)
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
     """x: [batch, time, channels], valid: [batch, time] bool -> [batch, time, channels] in x's dtype."""
     channels = x.shape[-1]
+    if self.over_padding:
+      valid = jnp.ones_like(valid)
     scale = self.param("scale", layers.logical(nn.initializers.ones_init(), ("conv_channels",)), (channels,),
                        self.param_dtype)
     bias = self.param("bias", layers.bias_init(("conv_channels",)), (channels,), self.param_dtype)
@@ -136,6 +148,7 @@ class ExtractorConvLayer(nn.Module):
     channels, kernel, stride: the convolution.
     norm: "group_norm" (ChannelGroupNorm), "layer_norm" (over channels) or None; either is named layer_norm.
     conv_bias: give the conv a bias (wav2vec 2.0 large lv60 does; base models do not).
+    group_norm_over_padding: ChannelGroupNorm.over_padding.
   """
 
   channels: int
@@ -143,6 +156,7 @@ class ExtractorConvLayer(nn.Module):
   stride: int
   norm: str | None = None
   conv_bias: bool = False
+  group_norm_over_padding: bool = False
   dtype: layers.Dtype | None = None
   param_dtype: layers.Dtype = jnp.float32
 
@@ -158,7 +172,8 @@ class ExtractorConvLayer(nn.Module):
     )(x)
     lengths = subsampling.conv_output_length(lengths, self.kernel, self.stride)
     if self.norm == "group_norm":
-      x = ChannelGroupNorm(self.param_dtype, name="layer_norm")(x, attention.padding_mask(lengths, x.shape[1]))
+      x = ChannelGroupNorm(self.param_dtype, self.group_norm_over_padding, name="layer_norm")(
+          x, attention.padding_mask(lengths, x.shape[1]))
     elif self.norm == "layer_norm":
       x = layers.layer_norm("layer_norm", self.dtype, self.param_dtype, "conv_channels")(x)
     return _gelu(x), lengths
@@ -171,11 +186,13 @@ class ConvFeatureExtractor(nn.Module):
     channels: output channels of every conv (512 in all published models).
     mode: "group_norm" or "layer_norm" (EXTRACTOR_MODES).
     conv_bias: biases on the convs.
+    group_norm_over_padding: ChannelGroupNorm.over_padding.
   """
 
   channels: int = 512
   mode: str = "group_norm"
   conv_bias: bool = False
+  group_norm_over_padding: bool = False
   dtype: layers.Dtype | None = None
   param_dtype: layers.Dtype = jnp.float32
 
@@ -188,30 +205,35 @@ class ConvFeatureExtractor(nn.Module):
     for i, (kernel, stride) in enumerate(EXTRACTOR_KERNELS):
       norm = "layer_norm" if self.mode == "layer_norm" else ("group_norm" if i == 0 else None)
       x, lengths = ExtractorConvLayer(
-          self.channels, kernel, stride, norm, self.conv_bias, self.dtype, self.param_dtype, name=f"conv_layers_{i}",
+          self.channels, kernel, stride, norm, self.conv_bias, self.group_norm_over_padding, self.dtype,
+          self.param_dtype, name=f"conv_layers_{i}",
       )(x, lengths)
       x = nn.with_logical_constraint(x, ("batch", "time", "conv_channels"))
     return x, lengths
 
 
 class FeatureProjection(nn.Module):
-  """LayerNorm over the extractor channels -> Dense to d_model -> dropout: submodules layer_norm, projection."""
+  """LayerNorm over the extractor channels (if `norm`) -> Dense to d_model -> dropout: submodules layer_norm,
+  projection."""
 
   d_model: int
   dropout_rate: float = 0.0
+  norm: bool = True
   dtype: layers.Dtype | None = None
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
-    """features: [batch, time, channels] -> [batch, time, d_model]."""
-    x = layers.layer_norm("layer_norm", self.dtype, self.param_dtype, "conv_channels")(features)
+  def __call__(self, features: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """features: [batch, time, channels] -> ([batch, time, d_model], the normalised features [batch, time, channels]
+    that wav2vec 2.0's quantizer reads)."""
+    normed = layers.layer_norm("layer_norm", self.dtype, self.param_dtype, "conv_channels")(features) if self.norm \
+        else features
     x = nn.Dense(
         self.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=layers.kernel_init(("conv_channels", "embed")), bias_init=layers.bias_init(("embed",)),
         name="projection",
-    )(x)
-    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    )(normed)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train), normed
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -262,15 +284,19 @@ class Wav2Vec2Output(NamedTuple):
 
   x: [batch, frames, d_model] the last output (after encoder_norm for pre-LN), padding frames zero.
   lengths: [batch] valid frames.
-  hidden: num_blocks + 1 arrays [batch, frames, d_model] as HF's hidden_states: the blocks' input (after the
-    positions, and encoder_norm for post-LN), then each block's output (the last one is x); padding zero.
+  hidden: num_blocks + 1 arrays [batch, frames, d_model] as HF's hidden_states (transformers 5): the blocks' input
+    (after the positions, and encoder_norm for post-LN), then each block's output (post-LN: the last one is x;
+    pre-LN: x is encoder_norm of the last one); padding zero.
   features: [batch, frames, channels] the extractor's output (for the feature penalty), padding zero.
+  normed_features: [batch, frames, channels] the feature projection's LayerNorm of them, unmasked (wav2vec 2.0's
+    quantizer input).
   """
 
   x: jax.Array
   lengths: jax.Array
   hidden: tuple[jax.Array, ...]
   features: jax.Array
+  normed_features: jax.Array
 
 
 class Wav2Vec2Encoder(nn.Module):
@@ -278,8 +304,11 @@ class Wav2Vec2Encoder(nn.Module):
 
   Attributes:
     num_blocks, d_model, num_heads, ffn_dim: Transformer sizes (wav2vec2_size).
-    extractor_channels, extractor_mode, conv_bias: the ConvFeatureExtractor.
+    extractor_channels, extractor_mode, conv_bias, group_norm_over_padding: the ConvFeatureExtractor.
+    feature_projection_norm: the LayerNorm of the feature projection (HF HuBERT's feat_proj_layer_norm).
     pre_norm: pre-LN blocks with encoder_norm at the end (HF do_stable_layer_norm) or post-LN (base models).
+    relative_position_buckets, max_relative_distance: WavLM's gated relative position bias (0 buckets: none;
+      WavLM: 320 and 800).
     pos_conv_kernel, pos_conv_groups: PositionalConvEmbedding.
     ffn_activation: the blocks' FFN activation, a name in layers.ACTIVATIONS.
     dropout_rate: after the positions and in the blocks (fairseq's dropout, 0.1).
@@ -296,10 +325,14 @@ class Wav2Vec2Encoder(nn.Module):
   extractor_channels: int = 512
   extractor_mode: str = "group_norm"
   conv_bias: bool = False
+  group_norm_over_padding: bool = False
+  feature_projection_norm: bool = True
   pre_norm: bool = False
+  relative_position_buckets: int = 0
+  max_relative_distance: int = 800
   pos_conv_kernel: int = 128
   pos_conv_groups: int = 16
-  ffn_activation: str = "gelu"
+  ffn_activation: str = "gelu_exact"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   input_dropout_rate: float = 0.1
@@ -326,7 +359,8 @@ class Wav2Vec2Encoder(nn.Module):
                        "GroupNorm span the utterance")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     features, lengths = ConvFeatureExtractor(
-        self.extractor_channels, self.extractor_mode, self.conv_bias, name="feature_extractor", **kw,
+        self.extractor_channels, self.extractor_mode, self.conv_bias, self.group_norm_over_padding,
+        name="feature_extractor", **kw,
     )(waveform.astype(self.dtype or jnp.float32), lengths)
     if self.feature_grad_mult != 1.0:
       # Forward value unchanged (x - x is exactly 0), gradient times the multiplier: fairseq's GradMultiply.
@@ -335,8 +369,8 @@ class Wav2Vec2Encoder(nn.Module):
     valid = attention.padding_mask(lengths, features.shape[1])
     features = jnp.where(valid[..., None], features, 0.0)
 
-    x = FeatureProjection(self.d_model, self.input_dropout_rate, name="feature_projection", **kw)(
-        features, train=train)
+    x, normed_features = FeatureProjection(self.d_model, self.input_dropout_rate, self.feature_projection_norm,
+                                           name="feature_projection", **kw)(features, train=train)
     x = masking.MaskEmbedding(self.param_dtype, name="mask_embedding")(x, mask)
     x = jnp.where(valid[..., None], x, 0.0)  # the positional conv must not see padding
     x = x + PositionalConvEmbedding(self.pos_conv_kernel, self.pos_conv_groups, name="pos_conv_embed", **kw)(x)
@@ -347,15 +381,20 @@ class Wav2Vec2Encoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
 
     mask_2d = attention.attention_mask(valid)
+    position_bias = None
+    if self.relative_position_buckets:
+      position_bias = relative_bias.RelativePositionBias(
+          self.num_heads, self.relative_position_buckets, self.max_relative_distance, self.param_dtype,
+          name="relative_position_bias")(x.shape[1])
     block = nn.remat(transformer.TransformerBlock, static_argnums=(3,)) if self.remat else transformer.TransformerBlock
     hidden = [x]
     for i in range(self.num_blocks):
       x = block(
           self.num_heads, self.ffn_dim, self.pre_norm, False, self.ffn_activation, self.dropout_rate,
           self.attention_dropout_rate, name=f"blocks_{i}", **kw,
-      )(x, mask_2d, train)
+      )(x, mask_2d, train, None, position_bias)
       hidden.append(x)
     if self.pre_norm:
-      hidden[-1] = x = encoder_norm(x)
-    hidden = tuple(jnp.where(valid[..., None], h, 0.0) for h in hidden)
-    return Wav2Vec2Output(hidden[-1], lengths, hidden, features)
+      x = encoder_norm(x)
+    keep = lambda h: jnp.where(valid[..., None], h, 0.0)
+    return Wav2Vec2Output(keep(x), lengths, tuple(keep(h) for h in hidden), features, keep(normed_features))

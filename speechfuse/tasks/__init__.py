@@ -1,6 +1,7 @@
 """Training objectives, chosen by name: `get_task(config, workdir)` builds `TASKS[config.task.name](config, workdir)`.
 
-One module per objective: asr_ctc, asr_transducer (on the shared tasks.asr), ssl. Each gives the trainer the
+One module per objective: asr_ctc, asr_transducer (on the shared tasks.asr), ssl (HuBERT / WavLM / k2SSL's CE),
+ssl_contrastive (wav2vec 2.0). Each gives the trainer the
 speechfuse.train.Task protocol; `evaluate_checkpoint` is what `--mode=eval` runs for any of them.
 """
 
@@ -13,13 +14,14 @@ from typing import Any
 import ml_collections
 
 from speechfuse import train
-from speechfuse.tasks import asr, asr_ctc, asr_transducer, ssl
+from speechfuse.tasks import asr, asr_ctc, asr_transducer, ssl, ssl_contrastive
 
 # name -> Task subclass. A task module adds itself here (tests add theirs).
 TASKS: dict[str, type[train.Task]] = {
     "asr_ctc": asr_ctc.CTCTask,
     "asr_transducer": asr_transducer.TransducerTask,
     "ssl_hubert": ssl.SSLTask,
+    "ssl_wav2vec2": ssl_contrastive.ContrastiveTask,
 }
 
 

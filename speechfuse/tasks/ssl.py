@@ -23,6 +23,10 @@ utterances), so a fine-tuning run that computes its own from the full train spli
 Loss: the masked-prediction loss (losses.masked_prediction) over valid encoder frames, plus, for the waveform
 backbone, feature_penalty_weight * mean squared convolutional features (HuBERT / k2SSL: 10). Evaluation on
 dev: masked-prediction loss and accuracy on masked and unmasked frames, with a fixed mask key.
+
+WavLM's denoising (config.task.mix_prob > 0; WavLM: 0.2): in training, that share of utterances gets a segment of
+up to half its length from another utterance of the batch added at an energy ratio in [-5, 5] dB
+(audio.augment.mix_utterances); the targets stay the primary utterance's.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from speechfuse import models, train as train_lib
+from speechfuse.audio import augment
 from speechfuse.data import inputs, labels, pipeline
 from speechfuse.losses import masked_prediction
 from speechfuse.models import acoustic, encoders
@@ -62,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.unmasked_weight = 0.0  # fairseq's pred_nomask_weight
   config.feature_penalty_weight = 10.0  # waveform backbone only (HuBERT and k2SSL: 10)
   config.cmvn_utterances = 2000  # as the ASR task's, so both compute the same statistics
+  config.mix_prob = 0.0  # WavLM's utterance mixing: share of training utterances mixed (WavLM: 0.2)
   return config
 
 
@@ -117,14 +123,15 @@ class _FrameLabels:
 class SSLTask(train_lib.Task):
   """HuBERT-style masked prediction over config.model (models.ssl)."""
 
+  LOSSES = LOSSES
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None):
     super().__init__(config, workdir)
     task = config.task
-    if task.loss not in LOSSES:
-      raise ValueError(f"config.task.loss={task.loss!r} is unknown; choose from {LOSSES}")
-    if config.data.speed_perturb:
-      raise ValueError("config.data.speed_perturb must be False for ssl_hubert: perturbed audio no longer lines up "
-                       "with its frame labels")
+    if task.loss not in self.LOSSES:
+      raise ValueError(f"config.task.loss={task.loss!r} is unknown for {task.name!r}; choose from {self.LOSSES}")
+    if not 0.0 <= task.mix_prob <= 1.0:
+      raise ValueError(f"config.task.mix_prob={task.mix_prob} must be in [0, 1]")
     self.data_config = config.data.copy_and_resolve_references()
     self.data_config.batch_multiple = math.lcm(config.data.batch_multiple, asr.data_parallel_unit(config))
     self.dataset = inputs.dataset_path(config.data)
@@ -137,12 +144,15 @@ class SSLTask(train_lib.Task):
                          "with tasks.get_task(config, workdir)")
       cmvn = asr.run_cmvn(self.workdir, lambda: inputs.open_split(config.data, config.data.train_split),
                           num_mel_bins=config.model.frontend.num_mel_bins, max_utterances=task.cmvn_utterances)
-    self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype), num_classes=task.num_classes,
-                                  head=task.loss, cmvn=cmvn)
+    self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype),
+                                  num_classes=task.get("num_classes", 0), head=task.loss, cmvn=cmvn)
 
   def _check_targets(self) -> None:
     """Checks that the dataset holds the targets, for both splits, of the model's class count and frame rate."""
     task, data = self.config.task, self.config.data
+    if data.speed_perturb:
+      raise ValueError(f"config.data.speed_perturb must be False for {task.name}: perturbed audio no longer lines up "
+                       "with its frame labels")
     splits = (data.train_split, data.eval_split)
     if not labels.has_labels(self.dataset, task.targets, splits):
       how = ("speechfuse.run's train mode writes them first (ssl.targets.prepare)" if task.iteration == 1 else
@@ -182,7 +192,11 @@ class SSLTask(train_lib.Task):
     else:
       iterator = pipeline.make_eval_iterator(source, _NoText(), self.data_config, shard_index=shard_index,
                                              shard_count=shard_count)
-    return _FrameLabels(iterator, labels.open_labels(self.dataset, self.config.task.targets, name),
+    return self._with_targets(iterator, name)
+
+  def _with_targets(self, iterator: train_lib.CheckpointableIterator, split: str) -> train_lib.CheckpointableIterator:
+    """The batches of `iterator` with their frame labels of `split`."""
+    return _FrameLabels(iterator, labels.open_labels(self.dataset, self.config.task.targets, split),
                         self.grid.frame_count)
 
   # Model.
@@ -190,15 +204,21 @@ class SSLTask(train_lib.Task):
   def init(self, rng, batch):
     return dict(self.model.init(rng, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0)))
 
-  def _apply(self, variables, batch, rng: jax.Array | None, *, train: bool):
-    """model.apply with a fresh mask and RNG streams in training, the fixed mask key 0 otherwise."""
+  def _apply(self, variables, batch, rng: jax.Array | None, *, train: bool, **kwargs):
+    """model.apply with a fresh mask, RNG streams and utterance mixing (config.task.mix_prob) in training, the
+    fixed mask key 0 otherwise; kwargs go to the model."""
     if not train:
-      out = self.model.apply(variables, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0), train=False)
+      out = self.model.apply(variables, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0), train=False,
+                             **kwargs)
       return out, {}
-    mask_rng, *keys = jax.random.split(rng, len(acoustic.RNG_STREAMS) + 1)
+    mask_rng, mix_rng, *keys = jax.random.split(rng, len(acoustic.RNG_STREAMS) + 2)
+    audio = batch["audio"]
+    if self.config.task.mix_prob > 0:
+      audio, _ = augment.mix_utterances(mix_rng, jnp.asarray(audio, jnp.float32), batch["audio_lengths"],
+                                        prob=self.config.task.mix_prob)
     mutable = sorted(variables.keys() - {"params"})
-    out, updates = self.model.apply(variables, batch["audio"], batch["audio_lengths"], mask_rng, train=True,
-                                    rngs=dict(zip(acoustic.RNG_STREAMS, keys)), mutable=mutable)
+    out, updates = self.model.apply(variables, audio, batch["audio_lengths"], mask_rng, train=True,
+                                    rngs=dict(zip(acoustic.RNG_STREAMS, keys)), mutable=mutable, **kwargs)
     return out, dict(updates)
 
   def _objective(self, out, batch) -> tuple[jax.Array, dict[str, jax.Array]]:

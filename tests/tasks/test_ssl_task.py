@@ -34,21 +34,23 @@ def dataset(tmp_path_factory):
   counts = {"train": 10, "dev": 3}
   return speech_testlib.write_corpus(tmp_path_factory.mktemp("data"), "tones", counts, _records)
 
-def ssl_config(dataset: pathlib.Path, arg: str = "smoke"):
-  config = speech_testlib.recipe("ssl_hubert", arg)
+def ssl_config(dataset: pathlib.Path, arg: str = "smoke", recipe: str = "ssl_hubert"):
+  config = speech_testlib.recipe(recipe, arg)
   config.data.corpus = str(dataset)
   config.data.bucket_boundaries_seconds = (1.0, 1.5)
   config.data.max_batch_seconds = 6.0
   config.data.test_splits = ()
-  config.task.num_classes = 8  # a few hundred frames: 100 clusters would be mostly empty
-  config.task.kmeans_fraction = 1.0
-  config.task.targets = config.task.targets.replace("k100", "k8")
+  if recipe != "ssl_wav2vec2":  # the contrastive task has no targets
+    config.task.num_classes = 8  # a few hundred frames: 100 clusters would be mostly empty
+    config.task.kmeans_fraction = 1.0
+    config.task.targets = config.task.targets.replace("k100", "k8")
   config.compute_dtype = "float32"
   return config
 
 def _task(config, workdir):
   """The task of `config`, its iteration-1 targets written first (what speechfuse.run's train mode does)."""
-  ssl_lib.targets.prepare(config)
+  if config.task.name == "ssl_hubert":
+    ssl_lib.targets.prepare(config)
   return tasks.get_task(config, workdir)
 
 
@@ -99,9 +101,11 @@ def test_encoder_tree_equals_the_ctc_models(dataset, tmp_path):
     assert shapes(ssl_vars) == shapes(ctc_vars)
   assert set(ssl_vars["params"]) == {"encoder", "mask_embedding", "final_proj", "label_embeddings"}
 
-@pytest.mark.parametrize("arg", ["smoke", "smoke,loss=ce", "smoke,backbone=wav2vec2"])
-def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, arg):
-  config = ssl_config(dataset, arg)
+@pytest.mark.parametrize("recipe,arg", [("ssl_hubert", "smoke"), ("ssl_hubert", "smoke,loss=ce"),
+                                        ("ssl_hubert", "smoke,backbone=wav2vec2"), ("ssl_wavlm", "smoke"),
+                                        ("ssl_wav2vec2", "smoke")])
+def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, recipe, arg):
+  config = ssl_config(dataset, arg, recipe)
   task = _task(config, tmp_path)
   batch = parallel.numeric_only(next(task.make_input("train", seed=0, shard_index=0, shard_count=1)))
   params, extra = _split(task.init(jax.random.key(0), state_lib.example_batch(batch)))
@@ -124,13 +128,23 @@ def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, arg):
     params, extra, opt_state, loss, metrics = step(params, extra, opt_state, jax.random.key(3))
     losses.append(float(loss))
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
-  assert metrics["masked_accuracy"].count > 0  # means over the masked frames
-  if "wav2vec2" in arg:
-    assert "feature_penalty" in metrics
-
   summary = task.evaluate(jax.jit(lambda b: jax.device_get(task.eval_step({"params": params, **extra}, b))),
                           (parallel.numeric_only(b) for b in task.make_input("eval", seed=0, shard_index=0,
                                                                              shard_count=1)))
+  if recipe == "ssl_wav2vec2":
+    assert metrics["contrastive_accuracy"].count > 0 and float(metrics["codebook_perplexity"].value) > 1.0
+    assert set(summary) == {"loss", "contrastive_accuracy", "codebook_perplexity", "diversity_loss",
+                            "feature_penalty", "contrastive_frames"}
+    assert 1.0 < summary["codebook_perplexity"] <= 640 and summary["contrastive_frames"] > 0
+    assert {"quantizer", "project_q", "final_proj"} <= set(params)
+    return
+  assert metrics["masked_accuracy"].count > 0  # means over the masked frames
+  if "wav2vec2" in arg or recipe == "ssl_wavlm":
+    assert "feature_penalty" in metrics
+  if recipe == "ssl_wavlm":  # the gated relative position bias, and its gates in every block
+    encoder = params["encoder"]
+    assert encoder["relative_position_bias"]["embedding"]["embedding"].shape == (320, 2)
+    assert "position_bias_gate" in encoder["blocks_1"] and config.task.mix_prob == 0.2
   assert set(summary) == {"loss", "masked_accuracy", "unmasked_accuracy", "masked_frames"}
   assert 0.0 <= summary["masked_accuracy"] <= 1.0 and summary["masked_frames"] > 0
 
