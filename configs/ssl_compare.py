@@ -1,6 +1,10 @@
-r"""k2SSL's pre-training comparison: CTC from scratch vs from HuBERT- and CE-loss pre-trained encoders.
+r"""k2SSL's pre-training comparison: CTC from scratch vs from encoders pre-trained with each objective.
 
   python launch/ssl_compare.py --size=tiny --workdir=runs/ssl_compare
+  python launch/ssl_compare.py --size=tiny --backbone=wav2vec2 --workdir=runs/ssl_compare_w2v
+
+Args: size, backbone: "conformer" (the fbank Conformer of the ASR recipes; rows HuBERT loss and CE loss) or
+"wav2vec2" (the waveform encoder; rows HuBERT, wav2vec 2.0's contrastive objective and WavLM).
 
 This is a pipeline config, not a trainer config: `speechfuse.projects.k2ssl.pipeline.run_comparison(size,
 workdir)` reads it and runs configs/ssl_hubert.py (pre-training, once per loss) and configs/finetune_ctc.py
@@ -20,11 +24,15 @@ from speechfuse.data import inputs
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The job at `arg`'s size ("smoke", "tiny", "base", "large")."""
-  arg = config_lib.parse_arg(arg, size="tiny")
+  arg = config_lib.parse_arg(arg, size="tiny", backbone="conformer")
   size = arg.size
+  if arg.backbone not in ("conformer", "wav2vec2"):
+    raise ValueError(f"backbone={arg.backbone!r} must be 'conformer' or 'wav2vec2'")
   config = ml_collections.ConfigDict()
-  config.size = size  # the size argument of both recipes
-  config.losses = ("hubert", "ce")  # one pre-trained row per loss (configs/ssl_hubert.py's loss=)
+  config.size = size  # the size argument of the recipes
+  config.backbone = arg.backbone
+  # One pre-trained row per objective (projects.k2ssl.pipeline.OBJECTIVES: hubert, ce, wav2vec2, wavlm).
+  config.objectives = ("hubert", "ce") if arg.backbone == "conformer" else ("hubert", "wav2vec2", "wavlm")
 
   # Replaces these fields of every run's data section, so that all runs read one corpus and split names.
   corpus = inputs.sized_config(size)
@@ -51,8 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "train_fraction": 0.1,  # the labeled subset: the same utterances in every row
   })
   # The phone probe of every row's starting encoder (speechfuse.ssl.probe): utterances it is fitted / scored on
-  # (tiny: ~45k / 18k frames, about a minute per row on 2 CPU cores).
+  # (tiny: ~45k / 18k frames, about a minute per row on 2 CPU cores). fbank encoders only: it probes their input too.
   config.probe = ml_collections.ConfigDict({
+      "enabled": arg.backbone == "conformer",
       "train_utterances": config_lib.by_size(size, smoke=4, tiny=300, base=1000, large=1000),
       "eval_utterances": config_lib.by_size(size, smoke=2, tiny=120, base=400, large=400),
   })

@@ -142,7 +142,10 @@ def test_activations_mode_undoes_a_random_permutation(cases, name):
       np.testing.assert_array_equal(p, np.asarray(t).T, err_msg=space_name)
   for path, leaf in spec_lib.flatten(case.variables).items():
     np.testing.assert_array_equal(spec_lib.flatten(aligned)[path], leaf)
-  assert all(space.cost < 1e-3 * space.identity_cost for space in report.values())
+  # The maps are exact (above), yet the cost of the true match is not zero: Euclidean distances of identical float32
+  # activations, from |x|^2 + |y|^2 - 2 x.y, keep a rounding residue near sqrt(eps) ~ 3e-4 of their norms, and more
+  # on some CPUs (the first subsampling conv's 1794 frames: 1.3e-3 of the identity cost on one of ours).
+  assert all(space.cost < 1e-2 * space.identity_cost for space in report.values())
 
 
 def test_alignment_rejects_an_unknown_solver_and_different_sizes(cases):

@@ -73,6 +73,24 @@ def test_comparison_runs_every_stage_writes_the_table_and_resumes(tmp_path, monk
   assert ssl_compare.run_comparison("smoke", workdir, **overrides) == results
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_waveform_comparison_pre_trains_each_objective_and_fine_tunes_from_it(tmp_path):
+  results = ssl_compare.run_comparison("smoke", tmp_path / "job", backbone="wav2vec2",
+                                       **{"data.data_dir": str(tmp_path / "data")})
+  rows = results["rows"]
+  assert [row["method"] for row in rows] == [
+      "from scratch", "HuBERT loss pre-trained", "wav2vec 2.0 contrastive pre-trained",
+      "WavLM (HuBERT loss, gated rel. pos., mixing) pre-trained"]
+  assert results["modes"] == ["offline"] and all("probe" not in row for row in rows)
+  contrastive = rows[2]["pretraining"]
+  assert 0.0 <= contrastive["contrastive_accuracy"] <= 1.0 and 1.0 < contrastive["codebook_perplexity"] <= 640
+  assert 0.0 <= rows[3]["pretraining"]["masked_accuracy"] <= 1.0
+  assert rows[3]["params"] > rows[0]["params"]  # WavLM's relative position bias and gates
+  table = (tmp_path / "job" / "results.md").read_text()
+  assert "| wav2vec 2.0 contrastive pre-trained | 2 | - | - |" in table
+
+
 def test_stages_and_run_configs_follow_the_job_config(tmp_path):
   compare = load_config(f"{recipe_path('ssl_compare')}:tiny")
   compare.data.data_dir = str(tmp_path / "data")
@@ -96,3 +114,27 @@ def test_stages_and_run_configs_follow_the_job_config(tmp_path):
   base = load_config(f"{recipe_path('ssl_compare')}:base")
   recipe = load_config(f"{recipe_path('ssl_hubert')}:base")
   assert ssl_compare.pretrain_config(base, "ce").total_steps == recipe.total_steps
+
+
+def test_the_waveform_backbone_rows_pre_train_with_their_recipes(tmp_path):
+  compare = load_config(f"{recipe_path('ssl_compare')}:tiny,backbone=wav2vec2")
+  compare.data.data_dir = str(tmp_path / "data")
+  names = [stage.name for stage in ssl_compare.stages(compare, tmp_path)]
+  assert names == ["pretrain_hubert", "pretrain_wav2vec2", "pretrain_wavlm", "finetune_scratch", "eval_scratch",
+                   "finetune_hubert", "eval_hubert", "finetune_wav2vec2", "eval_wav2vec2", "finetune_wavlm",
+                   "eval_wavlm"]  # no probe: it reads fbank input
+  tasks_of = {name: ssl_compare.pretrain_config(compare, name).task for name in compare.objectives}
+  assert {name: (task.name, task.get("mix_prob")) for name, task in tasks_of.items()} == {
+      "hubert": ("ssl_hubert", 0.0), "wav2vec2": ("ssl_wav2vec2", 0.0), "wavlm": ("ssl_hubert", 0.2)}
+  for name in compare.objectives:
+    pretrain = ssl_compare.pretrain_config(compare, name)
+    finetune = ssl_compare.finetune_config(compare, "/x/params", name)
+    assert pretrain.model.encoder.architecture == finetune.model.encoder.architecture == "wav2vec2"
+    # The fine-tuned encoder has the pre-trained one's parts (WavLM's relative position bias).
+    assert (finetune.model.encoder.get("relative_position_buckets", 0)
+            == pretrain.model.encoder.get("relative_position_buckets", 0))
+  assert ssl_compare.finetune_config(compare, "/x/params", "wavlm").model.encoder.relative_position_buckets == 320
+  assert "relative_position_buckets" not in ssl_compare.finetune_config(compare, None).model.encoder
+  conformer = load_config(f"{recipe_path('ssl_compare')}:tiny")
+  with pytest.raises(ValueError, match="backbone=wav2vec2"):
+    ssl_compare.pretrain_config(conformer, "wavlm")

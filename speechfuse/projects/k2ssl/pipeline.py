@@ -1,22 +1,27 @@
-"""k2SSL's comparison of pre-training losses (Yang et al.): CTC fine-tuned from scratch, from a HuBERT-loss and
-from a CE-loss pre-trained encoder, on the same labeled subset; one results table.
+"""k2SSL's comparison of pre-training objectives (Yang et al.): CTC fine-tuned from scratch and from an encoder
+pre-trained with each objective, on the same labeled subset; one results table.
 
     results = run_comparison("tiny", "runs/ssl_compare")      # what launch/ssl_compare.py runs
+    results = run_comparison("tiny", "runs/ssl_w2v", backbone="wav2vec2")
+
+Objectives (OBJECTIVES, config.objectives): "hubert" and "ce" (configs/ssl_hubert.py's losses, on either backbone),
+"wav2vec2" (configs/ssl_wav2vec2.py, contrastive) and "wavlm" (configs/ssl_wavlm.py), the last two on the
+waveform backbone only.
 
 The job's config is configs/ssl_compare.py (corpus, budgets); every model is a recipe run by the generic trainer.
 Stages (projects.pipeline: each runs once, a rerun skips the finished ones and the interrupted one resumes from
 its last checkpoint), each in its own run directory <workdir>/<stage>:
-  pretrain_<loss>   configs/ssl_hubert.py:<size>,loss=<loss> on the whole train split as unlabeled audio, then
-                    exported (<run>/export/params); output: its steps and the dev masked-prediction metrics of
-                    its final evaluation
-  finetune_<row>    configs/finetune_ctc.py:<size> on the labeled subset (data.train_fraction: the same
-                    utterances in every row); rows "scratch" and one per loss, whose encoder is loaded from that
-                    loss's export (task.init_from) and frozen for its first updates
+  pretrain_<obj>    the objective's recipe at <size> on the whole train split as unlabeled audio, then exported
+                    (<run>/export/params); output: its steps and the dev metrics of its final evaluation
+  finetune_<row>    configs/finetune_ctc.py:<size>,backbone=<backbone> on the labeled subset (data.train_fraction:
+                    the same utterances in every row); rows "scratch" and one per objective, whose encoder is
+                    loaded from that objective's export (task.init_from) and frozen for its first updates
   eval_<row>        speechfuse.run "eval": the test splits, offline and online (streaming; the run's results/)
   probe             every row's encoder at fine-tuning step 0 (random or pre-trained): linear phone-probe
                     accuracy of the fbank input and of each block's output (speechfuse.ssl.probe), which
                     shows whether pre-training left phone information where fine-tuning starts from, and
-                    each block's self-attention entropy and reach (probe.attention_statistics)
+                    each block's self-attention entropy and reach (probe.attention_statistics); fbank
+                    encoders only (config.probe.enabled)
 Every run starts with the first run's CMVN statistics and every fine-tuning run with the first fine-tuning run's
 tokenizer copied into its directory (the tasks load them when present): the recipes would compute the same ones,
 copying makes it a fact rather than an expectation. Compiled programs are cached in <workdir>/compile_cache (JAX's
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -43,22 +48,56 @@ from speechfuse.ssl import probe
 from speechfuse.tasks import asr
 
 SCRATCH = "scratch"
-LOSS_NAMES = {"hubert": "HuBERT loss", "ce": "CE loss"}
-PRETRAIN_METRICS = ("masked_accuracy", "unmasked_accuracy", "loss")  # the ssl_hubert task's eval metrics we keep
 
 
-def pretrain_config(compare: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
-  """configs/ssl_hubert.py at the job's size with `loss`, on the job's pre-training budget."""
-  config = pipeline.recipe("ssl_hubert", f"{compare.size},loss={loss}", compare.data)
+class Objective(NamedTuple):
+  """A pre-training row: its recipe (configs/<recipe>.py), the recipe's arguments after the size, its name."""
+  recipe: str
+  args: str
+  name: str
+  waveform_only: bool = False
+
+
+OBJECTIVES = {
+    "hubert": Objective("ssl_hubert", "loss=hubert,backbone={backbone}", "HuBERT loss"),
+    "ce": Objective("ssl_hubert", "loss=ce,backbone={backbone}", "CE loss"),
+    "wav2vec2": Objective("ssl_wav2vec2", "", "wav2vec 2.0 contrastive", waveform_only=True),
+    "wavlm": Objective("ssl_wavlm", "", "WavLM (HuBERT loss, gated rel. pos., mixing)", waveform_only=True),
+}
+# The pre-training tasks' dev metrics the table keeps (each task reports some of them).
+PRETRAIN_METRICS = ("masked_accuracy", "unmasked_accuracy", "contrastive_accuracy", "codebook_perplexity", "loss")
+
+
+def _objective(compare: ml_collections.ConfigDict, name: str) -> Objective:
+  if name not in OBJECTIVES:
+    raise ValueError(f"config.objectives has {name!r}; choose from {sorted(OBJECTIVES)}")
+  objective = OBJECTIVES[name]
+  if objective.waveform_only and compare.backbone != "wav2vec2":
+    raise ValueError(f"the {name} objective pre-trains the waveform encoder: run it with backbone=wav2vec2")
+  return objective
+
+
+def pretrain_config(compare: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The recipe of objective `name` at the job's size and backbone, on the job's pre-training budget."""
+  objective = _objective(compare, name)
+  args = ",".join(filter(None, [compare.size, objective.args.format(backbone=compare.backbone)]))
+  config = pipeline.recipe(objective.recipe, args, compare.data)
   return config_lib.set_schedule(config, compare.pretrain.steps, compare.pretrain.warmup_steps)
 
 
-def finetune_config(compare: ml_collections.ConfigDict, init_from: str | None) -> ml_collections.ConfigDict:
-  """configs/finetune_ctc.py at the job's size and labeled fraction, from `init_from` (None: from scratch)."""
-  config = pipeline.recipe("finetune_ctc", f"{compare.size},train_fraction={compare.finetune.train_fraction}",
-                           compare.data)
+def finetune_config(compare: ml_collections.ConfigDict, init_from: str | None,
+                    objective: str | None = None) -> ml_collections.ConfigDict:
+  """configs/finetune_ctc.py at the job's size, backbone and labeled fraction, from `init_from` (None: from
+  scratch) pre-trained with `objective` (its encoder's extra parts, WavLM's relative position bias, included)."""
+  config = pipeline.recipe("finetune_ctc", f"{compare.size},train_fraction={compare.finetune.train_fraction},"
+                           f"backbone={compare.backbone}", compare.data)
   config_lib.set_schedule(config, compare.finetune.steps, compare.finetune.warmup_steps,
                           compare.finetune.learning_rate)
+  if objective is not None and compare.backbone == "wav2vec2":
+    pretrained = pretrain_config(compare, objective).model.encoder
+    for key in ("relative_position_buckets", "max_relative_distance"):
+      if key in pretrained:
+        config.model.encoder[key] = pretrained[key]
   config.task.init_from = init_from
   if compare.finetune.freeze_encoder_steps is not None:
     config.task.freeze_encoder_steps = compare.finetune.freeze_encoder_steps
@@ -73,18 +112,19 @@ def _final_eval(workdir: str, step: int) -> dict[str, float]:
   evals = [line for line in lines if line["split"] == "eval" and line["step"] == step]
   if not evals:
     raise ValueError(f"{path} has no evaluation at step {step}")
-  return {key: evals[-1][key] for key in PRETRAIN_METRICS}
+  return {key: evals[-1][key] for key in PRETRAIN_METRICS if key in evals[-1]}
 
 
 def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[pipeline.Stage]:
   """The job's stages (module docstring) for `compare` (configs/ssl_compare.py) in `workdir`."""
   run_dir = lambda name: os.path.join(os.fspath(workdir), name)
-  first = run_dir(f"pretrain_{compare.losses[0]}")  # its CMVN statistics serve every run
+  first = run_dir(f"pretrain_{compare.objectives[0]}")  # its CMVN statistics serve every run (fbank encoders)
   first_finetune = run_dir(f"finetune_{SCRATCH}")  # its tokenizer serves every fine-tuning run
+  cmvn = (asr.CMVN_FILE,) if compare.backbone == "conformer" else ()  # the waveform encoder reads no fbank
 
-  def pretrain(loss: str) -> dict[str, Any]:
-    directory, config = run_dir(f"pretrain_{loss}"), pretrain_config(compare, loss)
-    pipeline.share_files(first, directory, (asr.CMVN_FILE,))
+  def pretrain(name: str) -> dict[str, Any]:
+    directory, config = run_dir(f"pretrain_{name}"), pretrain_config(compare, name)
+    pipeline.share_files(first, directory, cmvn)
     step = pipeline.train_to_end(config, directory)
     params = run.export_path(directory)
     if not os.path.exists(params):  # a rerun of a stage interrupted after its export keeps it
@@ -92,18 +132,21 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
     return {"steps": step, "params": params, **_final_eval(directory, step)}
 
   def config_of(name: str) -> ml_collections.ConfigDict:
-    return finetune_config(compare, None if name == SCRATCH else run.export_path(run_dir(f"pretrain_{name}")))
+    if name == SCRATCH:
+      return finetune_config(compare, None)
+    return finetune_config(compare, run.export_path(run_dir(f"pretrain_{name}")), name)
 
   def finetune(name: str) -> dict[str, Any]:
     directory = run_dir(f"finetune_{name}")
-    pipeline.share_files(first, directory, (asr.CMVN_FILE,))
+    pipeline.share_files(first, directory, cmvn)
     pipeline.share_files(first_finetune, directory, (asr.TOKENIZER_DIR,))
-    return {"steps": pipeline.train_to_end(config_of(name), directory)}
+    steps = pipeline.train_to_end(config_of(name), directory)
+    return {"steps": steps, "params": sf_nn.count_params(train.latest_variables(directory)[0]["params"])}
 
-  result = [pipeline.Stage(f"pretrain_{loss}", f"pre-train on the unlabeled train audio with the {LOSS_NAMES[loss]}",
-                           lambda loss=loss: pretrain(loss)) for loss in compare.losses]
-  for name in (SCRATCH, *compare.losses):
-    what = "from scratch" if name == SCRATCH else f"from the {LOSS_NAMES[name]} encoder"
+  result = [pipeline.Stage(f"pretrain_{name}", f"pre-train on the unlabeled train audio: {_objective(compare, name).name}",
+                           lambda name=name: pretrain(name)) for name in compare.objectives]
+  for name in (SCRATCH, *compare.objectives):
+    what = "from scratch" if name == SCRATCH else f"from the {OBJECTIVES[name].name} encoder"
     result.append(pipeline.Stage(f"finetune_{name}", f"fine-tune CTC on the labeled subset {what}",
                                  lambda name=name: finetune(name)))
     result.append(pipeline.Stage(f"eval_{name}", f"decode the test splits with the model fine-tuned {what}",
@@ -112,7 +155,7 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
 
   def probe_rows() -> dict[str, Any]:
     out = {}
-    for name in (SCRATCH, *compare.losses):
+    for name in (SCRATCH, *compare.objectives):
       config, directory = config_of(name), run_dir(f"finetune_{name}")
       task = tasks.get_task(config, directory)
       variables = train.initial_variables(task, config.seed)
@@ -125,32 +168,40 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
                                                            utterances=compare.probe.eval_utterances)}
     return out
 
-  result.append(pipeline.Stage("probe", "probe each row's encoder at fine-tuning step 0 for phones, layer by layer",
-                               probe_rows))
+  if compare.probe.enabled:
+    result.append(pipeline.Stage("probe", "probe each row's encoder at fine-tuning step 0 for phones, layer by "
+                                 "layer", probe_rows))
   return result
 
 
 def _label(name: str) -> str:
-  return "from scratch" if name == SCRATCH else f"{LOSS_NAMES[name]} pre-trained"
+  return "from scratch" if name == SCRATCH else f"{OBJECTIVES[name].name} pre-trained"
 
 
 def _caption(compare: ml_collections.ConfigDict, outputs: Mapping[str, Any]) -> str:
   return (f"SSL pre-training on {compare.data.corpus} ({compare.size}): CTC fine-tuned for "
           f"{outputs[f'finetune_{SCRATCH}']['steps']} steps on {100 * compare.finetune.train_fraction:g}% of the "
-          "train split (the same utterances in every row), from scratch or from an encoder pre-trained on the "
-          "whole train split as unlabeled audio. WER / CER in %, offline (full context) and online (streaming).")
+          f"train split (the same utterances in every row), from scratch or from a {compare.backbone} encoder "
+          "pre-trained on the whole train split as unlabeled audio. WER / CER in %, offline (full context)"
+          + (" and online (streaming)." if outputs[f"eval_{SCRATCH}"].get("online") else "."))
 
 
 def pretraining_markdown(rows: list[Mapping[str, Any]]) -> str:
-  """The pre-trained rows' "pretraining" ({"steps", "masked_accuracy", "unmasked_accuracy", "loss"}: the final
-  dev evaluation) as Markdown, accuracies in percent."""
-  lines = ["Pre-training (dev, at its last step; accuracy of predicting the k-means target of masked / unmasked "
-           "frames):", "", "| method | pre-training steps | masked accuracy | unmasked accuracy |", "|---|---|---|---|"]
+  """The pre-trained rows' "pretraining" (steps and the PRETRAIN_METRICS their task reports: the final dev
+  evaluation) as Markdown, accuracies in percent, "-" where a task has no such metric."""
+  percent = lambda figures, key: f"{100 * figures[key]:.2f}" if key in figures else "-"
+  lines = ["Pre-training (dev, at its last step): accuracy of predicting the k-means target of masked / unmasked "
+           "frames (masked prediction), of picking the quantized target among its distractors and the codebook "
+           "perplexity (contrastive):", "",
+           "| method | pre-training steps | masked accuracy | unmasked accuracy | contrastive accuracy | "
+           "codebook perplexity |", "|---|---|---|---|---|---|"]
   for row in rows:
     if row["pretraining"] is not None:
       figures = row["pretraining"]
-      lines.append(f"| {row['method']} | {figures['steps']} | {100 * figures['masked_accuracy']:.2f} | "
-                   f"{100 * figures['unmasked_accuracy']:.2f} |")
+      perplexity = f"{figures['codebook_perplexity']:.1f}" if "codebook_perplexity" in figures else "-"
+      lines.append(f"| {row['method']} | {figures['steps']} | {percent(figures, 'masked_accuracy')} | "
+                   f"{percent(figures, 'unmasked_accuracy')} | {percent(figures, 'contrastive_accuracy')} | "
+                   f"{perplexity} |")
   return "\n".join(lines) + "\n"
 
 
@@ -177,30 +228,36 @@ def probe_markdown(rows: list[Mapping[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run_comparison(size: str, workdir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
-  """Runs the job at `size` in `workdir`; writes results.json / results.md there, prints the latter, returns
-  the former.
+def run_comparison(size: str, workdir: str | os.PathLike, *, backbone: str = "conformer",
+                   **overrides: Any) -> dict[str, Any]:
+  """Runs the job at `size` with `backbone` in `workdir`; writes results.json / results.md there, prints the
+  latter, returns the former.
 
   `overrides` set fields of configs/ssl_compare.py's config by dotted name, e.g. **{"pretrain.steps": 20,
   "data.data_dir": "/tmp/data"}. A rerun resumes: finished stages are skipped.
   """
-  compare = config_lib.load_config(f"{config_lib.recipe_path('ssl_compare')}:{size}")
+  compare = config_lib.load_config(f"{config_lib.recipe_path('ssl_compare')}:{size},backbone={backbone}")
   compare.update_from_flattened_dict(overrides)
   workdir = os.fspath(workdir)
   pipeline.use_compile_cache(workdir)
   outputs = pipeline.run_stages(stages(compare, workdir), workdir)
   rows = []
-  for name in (SCRATCH, *compare.losses):
+  for name in (SCRATCH, *compare.objectives):
     pretrained = outputs.get(f"pretrain_{name}")
-    pretraining = None if pretrained is None else {key: pretrained[key] for key in ("steps", *PRETRAIN_METRICS)}
-    probed = dict(outputs["probe"][name])
-    rows.append(comparison.row(_label(name), outputs[f"eval_{name}"], probed.pop("params"), stage=f"finetune_{name}",
-                               finetune_steps=outputs[f"finetune_{name}"]["steps"], pretraining=pretraining,
-                               probe=probed))
+    pretraining = None if pretrained is None else {key: pretrained[key] for key in ("steps", *PRETRAIN_METRICS)
+                                                   if key in pretrained}
+    finetuned = outputs[f"finetune_{name}"]
+    probed = dict(outputs["probe"][name]) if compare.probe.enabled else {}
+    params = probed.pop("params", None) or finetuned["params"]
+    rows.append(comparison.row(_label(name), outputs[f"eval_{name}"], params, stage=f"finetune_{name}",
+                               finetune_steps=finetuned["steps"], pretraining=pretraining,
+                               **({"probe": probed} if probed else {})))
   table = comparison.make_table(rows, tuple(compare.data.test_splits), title=_caption(compare, outputs),
                                 online=outputs[f"eval_{SCRATCH}"]["online"])
   results = {**table, "config": config_lib.to_dict(compare)}
-  text = comparison.markdown(table) + "\n" + pretraining_markdown(rows) + "\n" + probe_markdown(rows)
+  text = comparison.markdown(table) + "\n" + pretraining_markdown(rows)
+  if compare.probe.enabled:
+    text += "\n" + probe_markdown(rows)
   pipeline.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
   pipeline.write_text(os.path.join(workdir, "results.md"), text)
   print(text)
