@@ -143,7 +143,8 @@ def stages(compare: ml_collections.ConfigDict, workdir: str | os.PathLike) -> li
     steps = pipeline.train_to_end(config_of(name), directory)
     return {"steps": steps, "params": sf_nn.count_params(train.latest_variables(directory)[0]["params"])}
 
-  result = [pipeline.Stage(f"pretrain_{name}", f"pre-train on the unlabeled train audio: {_objective(compare, name).name}",
+  result = [pipeline.Stage(f"pretrain_{name}",
+                           f"pre-train on the unlabeled train audio: {_objective(compare, name).name}",
                            lambda name=name: pretrain(name)) for name in compare.objectives]
   for name in (SCRATCH, *compare.objectives):
     what = "from scratch" if name == SCRATCH else f"from the {OBJECTIVES[name].name} encoder"
