@@ -26,21 +26,22 @@ from speechfuse.models import encoders
 OPTIONAL = ("mask_embedding", "embedding")
 
 
-def expected_params(encoder: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[tuple[int, ...], Any]]:
-  """{path: (shape, dtype)} of every parameter of the encoder of config `encoder` (traced, nothing computed)."""
+def _initialiser(encoder: ml_collections.ConfigDict, seed: int = 0):
+  """() -> the freshly initialised params of the encoder of config `encoder` (on a 0.2 s waveform)."""
   module = encoders.make_encoder(encoder, None)
   waveform = jnp.zeros((1, 3200), jnp.float32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), waveform, jnp.array([3200])))
-  params = nn.unbox(shapes)["params"]
-  return {path: (tuple(leaf.shape), leaf.dtype) for path, leaf in traverse_util.flatten_dict(params).items()}
+  return lambda: nn.unbox(module.init(jax.random.key(seed), waveform, jnp.array([3200])))["params"]
+
+
+def expected_params(encoder: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[tuple[int, ...], Any]]:
+  """{path: (shape, dtype)} of every parameter of the encoder of config `encoder` (traced, nothing computed)."""
+  shapes = jax.eval_shape(_initialiser(encoder))
+  return {path: (tuple(leaf.shape), leaf.dtype) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
 
 def initial_params(encoder: ml_collections.ConfigDict, seed: int = 0) -> dict[str, Any]:
   """A freshly initialised parameter tree of the encoder of config `encoder` (numpy arrays)."""
-  module = encoders.make_encoder(encoder, None)
-  waveform = jnp.zeros((1, 3200), jnp.float32)
-  params = nn.unbox(module.init(jax.random.key(seed), waveform, jnp.array([3200])))["params"]
-  return jax.tree.map(np.asarray, params)
+  return jax.tree.map(np.asarray, _initialiser(encoder, seed)())
 
 
 def _source_key(key: str, state: Mapping[str, Any]) -> str:

@@ -18,7 +18,6 @@ Config sections read here (each recipe writes them in full, see `default_fronten
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -164,7 +163,7 @@ class AcousticModel(nn.Module):
     takes one (the Zipformer's scheduled Balancer / Whiten); None at evaluation.
     """
     features, frame_lengths = self.features(audio, audio_lengths, train=train)
-    scheduled = {"step": step} if step is not None and _takes_step(self.encoder) else {}
+    scheduled = {"step": step} if step is not None and encoders.call_takes(type(self.encoder), "step") else {}
     return self.encoder(features, frame_lengths, train=train, chunk_size=chunk_size,
                         num_left_chunks=num_left_chunks, **scheduled)[:2]
 
@@ -180,10 +179,6 @@ class AcousticModel(nn.Module):
     """One chunk's window of features [batch, window, ...] with `lengths` valid frames -> (x [batch, chunk, D],
     valid frames [batch], state)."""
     return self.encoder.step(features, lengths, state)
-
-
-def _takes_step(encoder: nn.Module) -> bool:
-  return "step" in inspect.signature(type(encoder).__call__).parameters
 
 
 def online_encode(model: AcousticModel, variables: Any, audio: jax.Array, audio_lengths: jax.Array, *,

@@ -49,7 +49,12 @@ class EncoderType:
 
   def takes(self, argument: str) -> bool:
     """Whether the encoder's call takes `argument` (e.g. "frame_mask": masked-prediction pre-training)."""
-    return argument in inspect.signature(self.module.__call__).parameters
+    return call_takes(self.module, argument)
+
+
+def call_takes(module: type[nn.Module], argument: str) -> bool:
+  """Whether calling an encoder of class `module` takes the keyword `argument`."""
+  return argument in inspect.signature(module.__call__).parameters
 
 
 def _fbank_encoder_config(architecture: str) -> Callable[[str], ml_collections.ConfigDict]:

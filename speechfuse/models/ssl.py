@@ -137,8 +137,6 @@ class SSLModel(nn.Module):
       out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths, mask=frame_mask, train=train)
       x, lengths, conv_features = out.x, out.lengths, out.features
     if self.head == "wav2vec2":
-      if self.backbone != "waveform":
-        raise ValueError("the wav2vec2 head quantizes the waveform encoder's conv features: use a waveform encoder")
       masked = frame_mask & attention.padding_mask(lengths, x.shape[1])
       quantized, perplexity, _ = quantizer.GumbelVectorQuantizer(
           self.num_groups, self.num_vars, self.codevector_dim, dtype=self.dtype, name="quantizer",
@@ -186,6 +184,9 @@ def from_config(config: ml_collections.ConfigDict, dtype: Any, *, num_classes: i
   encoder = encoders.make_encoder(config.encoder, dtype)
   if encoders.inputs(config.encoder) == "waveform":
     return SSLModel("waveform", encoder, **common)
+  if head == "wav2vec2":
+    raise ValueError(f"the wav2vec2 head quantizes a waveform encoder's conv features; the "
+                     f"{config.encoder.architecture} encoder reads fbank")
   if not encoders.encoder_type(config.encoder.architecture).takes("frame_mask"):
     raise ValueError(f"the {config.encoder.architecture} encoder takes no frame mask, so it cannot pre-train by "
                      "masked prediction")
