@@ -73,6 +73,7 @@ import numpy as np
 from flax import linen as nn
 
 from speechfuse import models, optim, train
+from speechfuse.models import encoders
 from speechfuse import nn as sf_nn
 from speechfuse.config import load_config
 from speechfuse.train import step as step_lib
@@ -93,7 +94,7 @@ class SyntheticSSLTask(ssl_task.SSLTask):
   # pylint: disable-next=super-init-not-called
   def __init__(self, config: ml_collections.ConfigDict, cmvn):
     train.Task.__init__(self, config)  # SSLTask.__init__ would open the corpus and read its k-means targets
-    self.grid = ssl_task.target_grid(config.model, asr.SAMPLE_RATE)
+    self.grid = encoders.frame_grid(config.model.encoder, asr.SAMPLE_RATE)
     self.model = models.get_model(config.model, dtype=jnp.dtype(config.compute_dtype),
                                   num_classes=config.task.num_classes, head=config.task.loss, cmvn=cmvn)
 
@@ -179,7 +180,7 @@ def measure(configs: dict[str, ml_collections.ConfigDict], batch: dict, cmvn, ar
 def backbone_rows(backbone: str, args) -> tuple[list[list[str]], str]:
   configs = {loss: recipe(args.size, backbone, loss, args) for loss in LOSSES}
   peer = configs[LOSSES[0]]
-  frame_count = ssl_task.target_grid(peer.model, asr.SAMPLE_RATE).frame_count
+  frame_count = encoders.frame_grid(peer.model.encoder, asr.SAMPLE_RATE).frame_count
   batch = ssl_batch(args, frame_count, peer.task.num_classes)
   cmvn = asr.cmvn_of(batch, peer.model.frontend.num_mel_bins) if backbone == "conformer" else None
   before = asr.load_average()

@@ -3,11 +3,15 @@
   python launch/main.py --config=configs/ssl_hubert.py:tiny --workdir=runs/ssl_tiny
   python launch/main.py --config=configs/ssl_hubert.py:tiny,backbone=wav2vec2,loss=ce --workdir=runs/ssl_w2v_ce
 
-Args: size (smoke, tiny, base, large), backbone=conformer|wav2vec2, loss=hubert|ce, iteration=1|2.
+Args: size (smoke, tiny, base, large), backbone=conformer|wav2vec2|zipformer_waveform, loss=hubert|ce,
+iteration=1|2, optimizer=adamw|scaled_adam.
   conformer: the encoder of configs/asr_conformer_ctc.py at the same size (same config: same class, subsampling
              and parameter names), so configs/finetune_ctc.py loads it; targets on its frames (tiny: conv1d x2,
              50 Hz; the other sizes conv2d x4, 25 Hz).
   wav2vec2:  HuBERT's waveform encoder (nn.wav2vec2; base = HuBERT base), targets at 50 Hz.
+  zipformer_waveform: k2SSL's encoder, the same extractor under Zipformer stacks (nn.zipformer_waveform), 50 Hz.
+  optimizer: adamw (fairseq HuBERT's Adam, cosine schedule) or scaled_adam (k2SSL: icefall's ScaledAdam with Eden,
+             base learning rate 0.045, lr_epochs 10.5, warm-up from 0).
   iteration 1: MFCC-39 k-means, 100 clusters, written into the dataset before the first run trains
              (speechfuse.ssl.targets.prepare, which the train mode calls).
   iteration 2: 500 clusters of an iteration-1 model's layer, written beforehand under the name
@@ -37,10 +41,12 @@ def _ctc_encoder(size: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The recipe at `arg`'s size, e.g. "tiny", "base,backbone=wav2vec2,loss=ce", "tiny,iteration=2"."""
-  arg = config_lib.parse_arg(arg, size="tiny", backbone="conformer", loss="hubert", iteration=1)
+  arg = config_lib.parse_arg(arg, size="tiny", backbone="conformer", loss="hubert", iteration=1, optimizer="adamw")
   size = arg.size
   if arg.iteration not in (1, 2):
     raise ValueError(f"iteration={arg.iteration!r} must be 1 or 2")
+  if arg.optimizer not in ("adamw", "scaled_adam"):
+    raise ValueError(f"optimizer={arg.optimizer!r} must be 'adamw' or 'scaled_adam'")
   config = train.default_config()
   config.size = size
   config.total_steps = config_lib.by_size(size, smoke=4, tiny=2000, base=400_000, large=400_000)
@@ -75,4 +81,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = config_lib.by_size(size, smoke=1, tiny=200, base=32_000, large=32_000)
   config.optimizer.schedule = "cosine"
   config.optimizer.weight_decay = 0.01
+  if arg.optimizer == "scaled_adam":
+    config.optimizer.name = "scaled_adam"  # its clipping (2 x the median recent norm) replaces max_grad_norm
+    config.optimizer.schedule = "eden"
+    config.optimizer.learning_rate = 0.045  # icefall's base-lr: ScaledAdam's steps are relative to each parameter
+    config.optimizer.eps = 1e-8
+    config.optimizer.eden_lr_epochs = 10.5
+    config.optimizer.eden_warmup_start = 0.0
+    # Updates per epoch: LibriSpeech 960 h over 600 s batches at base / large; the built-in small train split
+    # (1.57 h) over 80 s batches at tiny.
+    config.optimizer.eden_steps_per_epoch = config_lib.by_size(size, tiny=70.0, base=5760.0, large=5760.0)
+    config.optimizer.warmup_steps = config_lib.by_size(size, smoke=1, tiny=200, base=5000, large=5000)
   return config

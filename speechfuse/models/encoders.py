@@ -13,7 +13,8 @@ frames', d_model], lengths' [batch], ...). Encoders whose class has `step` / `in
 (speechfuse.nn.streaming); `streams` says whether a config's encoder does. Masked-prediction pre-training
 (models.ssl) of an fbank encoder also passes `frame_mask` [batch, frames'] and `mask_embedding` [d_model] and reads
 its `subsampling` / `subsampling_factor` to draw the mask. The Zipformer's call also takes the training step
-(`step`: icefall's schedules, Balancer and Whiten). New architectures (Emformer, a video ViT) add themselves with
+(`step`: icefall's schedules, Balancer and Whiten); "zipformer_waveform" is k2SSL's variant on wav2vec 2.0's
+extractor, called as the wav2vec2 encoder is. New architectures (Emformer, a video ViT) add themselves with
 `register`.
 """
 
@@ -29,7 +30,7 @@ import ml_collections
 
 from speechfuse import nn as sf_nn
 from speechfuse.audio import frames
-from speechfuse.nn import subsampling, wav2vec2, zipformer
+from speechfuse.nn import subsampling, wav2vec2, zipformer, zipformer_waveform
 
 # Module fields that are not encoder attributes a config sets.
 _NOT_CONFIG = ("parent", "name", "dtype", "param_dtype")
@@ -109,6 +110,15 @@ def _zipformer_config(size: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _zipformer_waveform_config(size: str) -> ml_collections.ConfigDict:
+  """Every attribute of the waveform Zipformer at `size` (nn.zipformer_waveform: the stacks of nn.zipformer's size,
+  wav2vec 2.0's extractor)."""
+  config = ml_collections.ConfigDict(zipformer_waveform.zipformer_waveform_size(size))
+  config.output_factor = 1  # 50 Hz output: k2SSL's label rate
+  config.warmup_steps = 4000.0
+  return config
+
+
 def _fbank_grid(config: ml_collections.ConfigDict, sample_rate: int) -> frames.FrameGrid:
   return subsampling.fbank_grid(sample_rate, config.subsampling, config.subsampling_factor)
 
@@ -121,6 +131,9 @@ ENCODERS: dict[str, EncoderType] = {
                             lambda config, sample_rate: wav2vec2.wav2vec2_grid(sample_rate)),
     "zipformer": EncoderType(sf_nn.ZipformerEncoder, "fbank", _zipformer_config,
                              lambda config, sample_rate: zipformer.zipformer_grid(sample_rate)),
+    "zipformer_waveform": EncoderType(
+        zipformer_waveform.ZipformerWaveformEncoder, "waveform", _zipformer_waveform_config,
+        lambda config, sample_rate: zipformer_waveform.zipformer_waveform_grid(sample_rate, config.output_factor)),
 }
 
 

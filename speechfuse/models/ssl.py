@@ -113,14 +113,17 @@ class SSLModel(nn.Module):
 
   @nn.compact
   def __call__(self, audio: jax.Array, audio_lengths: jax.Array, mask_rng: jax.Array, *,
-               train: bool = False, temperature: jax.Array | float = 2.0) -> SSLOutput:
+               train: bool = False, temperature: jax.Array | float = 2.0,
+               step: jax.Array | int | None = None) -> SSLOutput:
     """audio: [B, S] int16 (or floats on that scale), audio_lengths: [B], mask_rng: key of the span mask ->
-    SSLOutput; temperature: the wav2vec2 head's Gumbel-softmax temperature (nn.quantizer.gumbel_temperature).
+    SSLOutput; temperature: the wav2vec2 head's Gumbel-softmax temperature (nn.quantizer.gumbel_temperature);
+    step: the training step, for encoders whose call takes one (the Zipformer's Balancer / Whiten schedules).
 
     With train=True apply with rngs for acoustic.RNG_STREAMS (and mutable=["batch_stats"] for a BatchNorm Conformer).
     """
     mask = lambda lengths, time: masking.compute_mask(mask_rng, lengths, time, mask_prob=self.mask_prob,
                                                       mask_length=self.mask_length, min_masks=self.min_masks)
+    scheduled = {"step": step} if step is not None and encoders.call_takes(type(self.encoder), "step") else {}
     if self.backbone == "fbank":
       features, feature_lengths = self.frontend(audio, audio_lengths, deterministic=not train)
       features = self.spec_augment(features, feature_lengths, train=train)
@@ -130,12 +133,17 @@ class SSLModel(nn.Module):
       embedding = self.param("mask_embedding", layers.logical(nn.initializers.uniform(1.0), ("embed",)),
                              (self.encoder.d_model,), jnp.float32)
       x, lengths = self.encoder(features, feature_lengths, train=train, frame_mask=frame_mask,
-                                mask_embedding=embedding)
+                                mask_embedding=embedding, **scheduled)
       conv_features = None
     else:
       frame_mask = mask(wav2vec2.frame_lengths(audio_lengths), wav2vec2.frame_lengths(audio.shape[1]))
-      out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths, mask=frame_mask, train=train)
+      out = self.encoder(audio.astype(jnp.float32) / 32768.0, audio_lengths, mask=frame_mask, train=train,
+                         **scheduled)
       x, lengths, conv_features = out.x, out.lengths, out.features
+      if x.shape[1] != frame_mask.shape[1]:
+        raise ValueError(f"the encoder gives {x.shape[1]} frames for {frame_mask.shape[1]} masked extractor frames: "
+                         "masked prediction needs its output at the extractor's 50 Hz (zipformer_waveform: "
+                         "output_factor=1)")
     if self.head == "wav2vec2":
       masked = frame_mask & attention.padding_mask(lengths, x.shape[1])
       quantized, perplexity, _ = quantizer.GumbelVectorQuantizer(

@@ -50,6 +50,9 @@ Also: biases start at zero (icefall: small uniform), weights as PyTorch's defaul
 initial_scale; icefall's unused per-layer `bypass_scale` tensor is left out; Whiten's adaptive probability is fixed at
 its maximum 0.25 (nn.zipformer_scaling). No streaming step (init_state / step) yet.
 
+Classes: ZipformerStacks holds the stacks' attributes and runs them on 50 Hz frames (`encode_stacks`);
+ZipformerEncoder adds encoder_embed on fbank, nn.zipformer_waveform's encoder wav2vec 2.0's extractor (k2SSL).
+
 Parameter tree (d = dims[i], h = heads, q / p / v = query / pos / value head dims, K = conv kernel, f = feedforward):
   encoder_embed/conv_{0,1,2}/{kernel [3, 3, in, C_j], bias}, convnext/depthwise/{kernel [7, 7, 1, C], bias},
     convnext/pointwise_{in,out}/{kernel, bias}, out/{kernel [C * F', d_0], bias}, norm/{bias [d_0], log_scale []}
@@ -702,15 +705,15 @@ class ConvEmbed(nn.Module):
     return scheduled_dropout(self, x, DROPOUT, step, train, broadcast_dims=(1,)), lengths
 
 
-class ZipformerEncoder(nn.Module):
-  """Zipformer (module docstring): fbank [batch, T, mel] -> [batch, ceil(((T - 7) // 2) / 2), max(dims)] at 25 Hz.
+class ZipformerStacks(nn.Module):
+  """The Zipformer's stacks on 50 Hz embedded frames, the base of the encoders (ZipformerEncoder on fbank,
+  nn.zipformer_waveform on the waveform), which add their front end and call `encode_stacks`.
 
   Attributes (per-stack tuples have one entry per downsampling factor):
     downsampling_factors: each stack's factor relative to the 50 Hz embed frames.
     num_layers, dims, unmasked_dims, num_heads, feedforward_dims, conv_kernels: per stack (icefall's
       num_encoder_layers, encoder_dim, encoder_unmasked_dim, num_heads, feedforward_dim, cnn_module_kernel).
     query_head_dim, value_head_dim, pos_head_dim, pos_dim: attention geometry shared by the stacks.
-    embed_channels: encoder_embed's conv channels.
     causal: chunk-causal convolutions (ChunkCausalDepthwiseConv); needed for chunk_size.
     chunk_sizes, left_context_frames: with causal, the training draws per batch when no chunk_size is given (embed
       frames; -1: full context), icefall's --chunk-size and --left-context-frames.
@@ -727,7 +730,6 @@ class ZipformerEncoder(nn.Module):
   value_head_dim: int = 12
   pos_head_dim: int = 4
   pos_dim: int = 48
-  embed_channels: tuple[int, int, int] = (8, 32, 128)
   causal: bool = False
   chunk_sizes: tuple[int, ...] = (16, 32, 64, -1)
   left_context_frames: tuple[int, ...] = (64, 128, 256, -1)
@@ -740,38 +742,19 @@ class ZipformerEncoder(nn.Module):
     """The output width, max(dims)."""
     return max(self.dims)
 
-  @nn.compact
-  def __call__(
-      self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
-      chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
-      step: scaling.Step = None, return_hidden: bool = False,
-  ) -> tuple[jax.Array, ...]:
-    """Encodes padded fbank features.
-
-    Args:
-      features: [batch, T, mel], T >= 9.
-      lengths: [batch] valid frames per utterance.
-      train: dropout, skipping and feature masks (RNG stream "dropout"), and chunks drawn from chunk_sizes when
-        causal.
-      chunk_size: attention chunk in 50 Hz embed frames (int or traced scalar; -1 or None: full context); needs
-        causal=True.
-      num_left_chunks: chunks of left context (-1: all).
-      step: the training step for icefall's schedules; given, the Balancers, Whitens and parameter limits shape
-        the gradients (their draws use the "dropout" stream, train or not); None: exact gradients.
-      return_hidden: also return each stack's layers' output.
-
-    Returns:
-      (x [batch, T', d_model] with padding frames zeroed, lengths' [batch]), T' = ceil(((T - 7) // 2) / 2); with
-      return_hidden, a third entry: per stack [batch, ceil(T_embed / factor_i), dims[i]] (padding not zeroed).
-    """
+  def encode_stacks(
+      self, x: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None, num_left_chunks: attention.IntLike,
+      *, train: bool, step: scaling.Step, output_factor: int,
+  ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Embedded frames x [batch, T_embed, dims[0]] at 50 Hz -> (output [batch, ceil(T_embed / output_factor),
+    max(dims)] with padding zeroed, its lengths [batch], each stack's output [batch, T_embed, dims[i]], each stack's
+    layers' outputs); chunk_size / num_left_chunks as `_chunking` returns them. Called from a subclass's compact
+    __call__ (submodules stacks_{i}, output_downsample when output_factor > 1)."""
     stacks = len(self.downsampling_factors)
     for name in ("num_layers", "dims", "unmasked_dims", "num_heads", "feedforward_dims", "conv_kernels"):
       if len(getattr(self, name)) != stacks:
         raise ValueError(f"{name}={getattr(self, name)} needs one entry per stack ({stacks})")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    chunk_size, num_left_chunks = self._chunking(train, chunk_size, num_left_chunks)
-    x, lengths = ConvEmbed(self.dims[0], tuple(self.embed_channels), name="encoder_embed", **kw)(
-        features.astype(self.dtype or features.dtype), lengths, train=train, step=step)
     feature_masks = self._feature_masks(x.shape[0], train, x.dtype)
     outputs, hidden = [], []
     for i, factor in enumerate(self.downsampling_factors):
@@ -784,11 +767,13 @@ class ZipformerEncoder(nn.Module):
         step=step)
       outputs.append(x)
       hidden.append(layers_output)
-    x = SimpleDownsample(OUTPUT_FACTOR, name="output_downsample", **kw)(full_dim_output(outputs), lengths)
-    lengths = downsampled_lengths(lengths, OUTPUT_FACTOR)
+    x = full_dim_output(outputs)
+    if output_factor > 1:
+      x = SimpleDownsample(output_factor, name="output_downsample", **kw)(x, lengths)
+      lengths = downsampled_lengths(lengths, output_factor)
     x = jnp.where(attention.padding_mask(lengths, x.shape[1])[..., None], x, 0.0)
     x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
-    return (x, lengths, tuple(hidden)) if return_hidden else (x, lengths)
+    return x, lengths, tuple(outputs), tuple(hidden)
 
   def _chunking(self, train: bool, chunk_size: attention.IntLike | None,
                 num_left_chunks: attention.IntLike) -> tuple[attention.IntLike | None, attention.IntLike]:
@@ -827,3 +812,43 @@ class ZipformerEncoder(nn.Module):
       masks.append(jnp.where(channel < unmasked, True,
                              jnp.where(channel < unmasked + (dim - unmasked) // 2, first, second)).astype(dtype))
     return masks
+
+
+class ZipformerEncoder(ZipformerStacks):
+  """Zipformer (module docstring): fbank [batch, T, mel] -> [batch, ceil(((T - 7) // 2) / 2), max(dims)] at 25 Hz.
+
+  Attributes: ZipformerStacks', and embed_channels: encoder_embed's conv channels.
+  """
+  embed_channels: tuple[int, int, int] = (8, 32, 128)
+
+  @nn.compact
+  def __call__(
+      self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
+      chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
+      step: scaling.Step = None, return_hidden: bool = False,
+  ) -> tuple[jax.Array, ...]:
+    """Encodes padded fbank features.
+
+    Args:
+      features: [batch, T, mel], T >= 9.
+      lengths: [batch] valid frames per utterance.
+      train: dropout, skipping and feature masks (RNG stream "dropout"), and chunks drawn from chunk_sizes when
+        causal.
+      chunk_size: attention chunk in 50 Hz embed frames (int or traced scalar; -1 or None: full context); needs
+        causal=True.
+      num_left_chunks: chunks of left context (-1: all).
+      step: the training step for icefall's schedules; given, the Balancers, Whitens and parameter limits shape
+        the gradients (their draws use the "dropout" stream, train or not); None: exact gradients.
+      return_hidden: also return each stack's layers' output.
+
+    Returns:
+      (x [batch, T', d_model] with padding frames zeroed, lengths' [batch]), T' = ceil(((T - 7) // 2) / 2); with
+      return_hidden, a third entry: per stack [batch, ceil(T_embed / factor_i), dims[i]] (padding not zeroed).
+    """
+    chunk_size, num_left_chunks = self._chunking(train, chunk_size, num_left_chunks)
+    x, lengths = ConvEmbed(self.dims[0], tuple(self.embed_channels), name="encoder_embed", dtype=self.dtype,
+                           param_dtype=self.param_dtype)(features.astype(self.dtype or features.dtype), lengths,
+                                                         train=train, step=step)
+    x, lengths, _, hidden = self.encode_stacks(x, lengths, chunk_size, num_left_chunks, train=train, step=step,
+                                               output_factor=OUTPUT_FACTOR)
+    return (x, lengths, hidden) if return_hidden else (x, lengths)

@@ -241,8 +241,9 @@ class SSLTask(train_lib.Task):
     return loss, metrics
 
   def loss(self, params, extra, batch, rng, *, step, train):
-    del step  # no schedule inside the loss
-    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train)
+    # The step reaches the encoder in training only (the Zipformer's gradient-shaping schedules).
+    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train,
+                               **({"step": step} if train else {}))
     loss, metrics = self._objective(out, batch)
     # Means over masked (or unmasked) frames, so micro-batches add with those counts (train_lib.Mean); the feature
     # penalty (a mean over valid frames) and the unmasked term of the loss ride on the masked count.

@@ -1,5 +1,6 @@
 """The SSL recipe's Conformer (configs/ssl_hubert.py) has exactly the CTC recipe's encoder at every CPU size, so
-that configs/finetune_ctc.py loads it and OTF can fuse the two (shapes from jax.eval_shape: nothing is run)."""
+that configs/finetune_ctc.py loads it and OTF can fuse the two, and its waveform backbones have the fine-tuning
+recipe's (shapes from jax.eval_shape: nothing is run)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def test_ssl_conformer_encoder_matches_the_ctc_recipe(size):
   assert ssl_config.model.encoder.subsampling == ctc_config.model.encoder.subsampling
   assert ssl_config.task.targets.endswith(
       f"fbank_{ctc_config.model.encoder.subsampling}_x{ctc_config.model.encoder.subsampling_factor}")
+
+
+@pytest.mark.parametrize("backbone", ["wav2vec2", "zipformer_waveform"])
+def test_waveform_ssl_encoder_matches_the_finetuning_recipe(backbone):
+  """configs/finetune_ctc.py with a waveform backbone builds the pre-training recipe's encoder, so its export
+  loads (the SSL model's mask embedding lives in the encoder for these two)."""
+  ssl_config = load_config(f"{CONFIGS / 'ssl_hubert.py'}:smoke,backbone={backbone},loss=ce")
+  ctc_config = load_config(f"{CONFIGS / 'finetune_ctc.py'}:smoke,backbone={backbone}")
+  audio_in, lengths = jnp.zeros((1, 16000), jnp.int16), jnp.array([16000])
+  ssl_model = ssl.from_config(ssl_config.model, jnp.float32, num_classes=100, head="ce")
+  ctc_model = ctc.from_config(ctc_config.model, jnp.float32, vocab_size=30, cmvn=None)
+  ssl_shapes = _encoder_shapes(ssl_model, audio_in, lengths, jax.random.key(1))
+  assert ssl_shapes and ssl_shapes == _encoder_shapes(ctc_model, audio_in, lengths)

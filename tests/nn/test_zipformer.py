@@ -19,27 +19,11 @@ from speechfuse.losses import ctc as ctc_loss
 from speechfuse.models import acoustic, ctc, encoders
 from speechfuse.nn import sizes, zipformer
 from speechfuse.nn import zipformer_scaling as scaling
+from zipformer_testlib import random_variables as _variables
 
 SMOKE = zipformer.zipformer_size("smoke")
 # These tests compile small models: XLA's backend optimisations halve nothing but the compile time on CPU.
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def _variables(module: nn.Module, *args, seed: int = 0, **kwargs):
-  """Variables with the shapes of module.init(*args, **kwargs), filled by numpy (XLA compiles the real initialisers
-  slowly on CPU): kernels normal with std 1/sqrt(fan-in), vectors and scalars small and non-zero, bypass scales in
-  (0.3, 0.9), so that every parameter (biases, edge factors, downsampling logits) takes part."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *args, **kwargs)))
-
-  def fill(path, leaf):
-    if path[-2].key in ("bypass", "bypass_mid", "out_combiner") or path[-1].key == "log_scale":
-      return rng.uniform(0.3, 0.9, leaf.shape).astype(np.float32)
-    if len(leaf.shape) < 2:
-      return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
-    return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _features(batch: int, time: int, seed: int = 0) -> np.ndarray:

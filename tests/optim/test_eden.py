@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from speechfuse import optim
+from speechfuse.config import load_config, recipe_path
 
 
 def _config(**overrides):
@@ -63,3 +64,13 @@ def test_scaled_adam_steps_with_the_eden_rate():
   updates, _ = jax.jit(tx.update)({"gain": jnp.asarray(0.3)}, tx.init(params), params)
   np.testing.assert_allclose(updates["gain"], -0.1 * 0.1 * _closed_form(1, 0.0), rtol=1e-5)
   assert float(schedule(0)) == pytest.approx(_closed_form(1, 0.0), rel=1e-6)
+
+
+def test_the_k2ssl_recipes_schedule_is_edens_closed_form():
+  """configs/ssl_hubert.py with optimizer=scaled_adam: ScaledAdam under Eden with k2SSL's constants."""
+  config = load_config(f"{recipe_path('ssl_hubert')}:base,backbone=zipformer_waveform,loss=ce,optimizer=scaled_adam")
+  assert config.optimizer.name == "scaled_adam"
+  _, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps)
+  for count in (0, 2500, 5000, 60000):
+    expected = _closed_form(count + 1, count / 5760.0, lr_epochs=10.5, warmup=5000, start=0.0)
+    assert float(schedule(count)) == pytest.approx(expected, rel=1e-5)

@@ -101,9 +101,12 @@ def test_encoder_tree_equals_the_ctc_models(dataset, tmp_path):
     assert shapes(ssl_vars) == shapes(ctc_vars)
   assert set(ssl_vars["params"]) == {"encoder", "mask_embedding", "final_proj", "label_embeddings"}
 
-# The HuBERT loss on the waveform backbone is slow-only: the WavLM row runs the same backbone and loss, and more.
+# The HuBERT loss on the waveform backbone is slow-only: the WavLM row runs the same backbone and loss, and more; the
+# waveform Zipformer's row too (90 s; tests/nn/test_zipformer_waveform.py checks the encoder).
 @pytest.mark.parametrize("recipe,arg", [("ssl_hubert", "smoke"), ("ssl_hubert", "smoke,loss=ce"),
                                         pytest.param("ssl_hubert", "smoke,backbone=wav2vec2", marks=pytest.mark.slow),
+                                        pytest.param("ssl_hubert", "smoke,backbone=zipformer_waveform,loss=ce,"
+                                                     "optimizer=scaled_adam", marks=pytest.mark.slow),
                                         ("ssl_wavlm", "smoke"), ("ssl_wav2vec2", "smoke")])
 def test_loss_decreases_on_a_fixed_batch(dataset, tmp_path, recipe, arg):
   config = ssl_config(dataset, arg, recipe)

@@ -29,7 +29,8 @@ persistent cache): the three fine-tuning runs and their decodings compile once p
 
 Writes <workdir>/results.json (an eval.comparison table, with the job's config) and results.md: the WER / CER
 table of the three rows, then the pre-training table (steps, masked and unmasked dev accuracy) and the probe
-table (phone accuracy per layer, attention entropy and distance per block).
+table (phone accuracy per layer, attention entropy and distance per block); and pretraining_curves.png, the
+pre-training runs' train curves (projects.k2ssl.curves).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import ml_collections
 from speechfuse import config as config_lib, nn as sf_nn, run, tasks, train
 from speechfuse.eval import comparison
 from speechfuse.projects import pipeline
+from speechfuse.projects.k2ssl import curves
 from speechfuse.ssl import probe
 from speechfuse.tasks import asr
 
@@ -82,6 +84,8 @@ def pretrain_config(compare: ml_collections.ConfigDict, name: str) -> ml_collect
   objective = _objective(compare, name)
   args = ",".join(filter(None, [compare.size, objective.args.format(backbone=compare.backbone)]))
   config = pipeline.recipe(objective.recipe, args, compare.data)
+  if compare.pretrain.log_every_steps is not None:
+    config.log_every_steps = compare.pretrain.log_every_steps
   return config_lib.set_schedule(config, compare.pretrain.steps, compare.pretrain.warmup_steps)
 
 
@@ -259,6 +263,8 @@ def run_comparison(size: str, workdir: str | os.PathLike, *, backbone: str = "co
   text = comparison.markdown(table) + "\n" + pretraining_markdown(rows)
   if compare.probe.enabled:
     text += "\n" + probe_markdown(rows)
+  curves.plot({_label(name): os.path.join(workdir, f"pretrain_{name}") for name in compare.objectives},
+              os.path.join(workdir, "pretraining_curves.png"))
   pipeline.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
   pipeline.write_text(os.path.join(workdir, "results.md"), text)
   print(text)
