@@ -46,8 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   no_value = ml_collections.config_dict.placeholder(int)  # base / large: the recipe's own value
   no_rate = ml_collections.config_dict.placeholder(float)
   # The waveform backbone's tiny budget is a quarter of the pre-training and 3/4 of the fine-tuning steps, with
-  # the same 20 % warm-up: its steps cost about 3 s on 2 CPU cores (the fbank Conformer's 1.3 to 2.5 s), and the
-  # whole job then takes about an hour there.
+  # the same 20 % warm-up: its steps cost 3 to 8 s on 2 CPU cores (the fbank Conformer's 1.3 to 2.5 s), and the
+  # whole job then takes over two hours there. 150 steps do not leave the objectives' early phase: measurements and
+  # why in speechfuse/projects/k2ssl/README.md.
   waveform = arg.backbone == "wav2vec2"
   config.pretrain = ml_collections.ConfigDict({
       "steps": config_lib.by_size(size, smoke=2, tiny=150 if waveform else 600, base=no_value, large=no_value),

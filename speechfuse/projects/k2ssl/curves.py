@@ -39,10 +39,10 @@ def plot(runs: Mapping[str, str | os.PathLike], path_png: str | os.PathLike) -> 
   FigureCanvasAgg(figure)
   for index, (key, title) in enumerate(panels):
     axes = figure.add_subplot(1, len(panels), index + 1)
-    for label, rows in curves.items():
+    for color, (label, rows) in enumerate(curves.items()):
       points = [(row["step"], row[key]) for row in rows if key in row]
-      if points:
-        axes.plot(*zip(*points), marker="o", markersize=2, label=label)
+      if points:  # one colour per run in every panel
+        axes.plot(*zip(*points), marker="o", markersize=2, color=f"C{color}", label=label)
     axes.set(xlabel="pre-training step", title=title)
     axes.legend(fontsize="small")
   path = os.fspath(path_png)
