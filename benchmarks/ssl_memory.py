@@ -31,12 +31,13 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import linen as nn
 
 from speechfuse import optim
 from speechfuse.config import load_config
+from speechfuse.models import encoders
 from speechfuse.train import step as step_lib
 from speechfuse.train.state import TrainState
-from speechfuse.models import encoders
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import asr  # pylint: disable=g-import-not-at-top,wrong-import-position  # benchmarks/ is a folder of scripts
@@ -62,9 +63,7 @@ def compile_step(config: ml_collections.ConfigDict, batch: dict) -> dict:
   tx = task.wrap_optimizer(tx)
 
   def initial_state(batch):
-    variables = task.init(jax.random.PRNGKey(0), batch)
-    variables = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, dict(variables),
-                             is_leaf=lambda x: hasattr(x, "value"))
+    variables = dict(nn.unbox(task.init(jax.random.PRNGKey(0), batch)))
     params = variables.pop("params")
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params), extra=variables,
