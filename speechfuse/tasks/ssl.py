@@ -204,9 +204,10 @@ class SSLTask(train_lib.Task):
   def init(self, rng, batch):
     return dict(self.model.init(rng, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0)))
 
-  def _apply(self, variables, batch, rng: jax.Array | None, *, train: bool, **kwargs):
-    """model.apply with a fresh mask, RNG streams and utterance mixing (config.task.mix_prob) in training, the
-    fixed mask key 0 otherwise; kwargs go to the model."""
+  def _apply(self, variables, batch, rng: jax.Array | None, *, train: bool, step=None, **kwargs):
+    """model.apply with a fresh mask, RNG streams, utterance mixing (config.task.mix_prob) and the training `step`
+    (the Zipformer's gradient-shaping schedules) in training, the fixed mask key 0 otherwise; kwargs go to the
+    model."""
     if not train:
       out = self.model.apply(variables, batch["audio"], batch["audio_lengths"], jax.random.PRNGKey(0), train=False,
                              **kwargs)
@@ -217,7 +218,7 @@ class SSLTask(train_lib.Task):
       audio, _ = augment.mix_utterances(mix_rng, jnp.asarray(audio, jnp.float32), batch["audio_lengths"],
                                         prob=self.config.task.mix_prob)
     mutable = sorted(variables.keys() - {"params"})
-    out, updates = self.model.apply(variables, audio, batch["audio_lengths"], mask_rng, train=True,
+    out, updates = self.model.apply(variables, audio, batch["audio_lengths"], mask_rng, train=True, step=step,
                                     rngs=dict(zip(acoustic.RNG_STREAMS, keys)), mutable=mutable, **kwargs)
     return out, dict(updates)
 
@@ -241,9 +242,7 @@ class SSLTask(train_lib.Task):
     return loss, metrics
 
   def loss(self, params, extra, batch, rng, *, step, train):
-    # The step reaches the encoder in training only (the Zipformer's gradient-shaping schedules).
-    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train,
-                               **({"step": step} if train else {}))
+    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train, step=step)
     loss, metrics = self._objective(out, batch)
     # Means over masked (or unmasked) frames, so micro-batches add with those counts (train_lib.Mean); the feature
     # penalty (a mean over valid frames) and the unmasked term of the loss ride on the masked count.

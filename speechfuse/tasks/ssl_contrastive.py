@@ -80,8 +80,8 @@ class ContrastiveTask(ssl.SSLTask):
       rng, negatives_rng = jax.random.split(rng)
     else:
       negatives_rng = jax.random.PRNGKey(_EVAL_NEGATIVES)
-    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train, temperature=temperature,
-                               **({"step": step} if train else {}))
+    out, updates = self._apply({"params": params, **extra}, batch, rng, train=train, step=step,
+                               temperature=temperature)
     loss, metrics = self._objective(out, negatives_rng)
     frames = metrics.pop("contrastive_frames")
     means = {name: train_lib.Mean(value * frames, frames) for name, value in metrics.items()}
