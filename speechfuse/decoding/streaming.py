@@ -30,9 +30,11 @@ StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, jax.Array, Any]]
 
 def chunk_count(frames: int, window: streaming.ChunkWindow, chunk_size: int) -> tuple[int, int]:
   """(encoder frames, chunks) of `frames` feature frames: the encoder's own length and the chunks covering it."""
-  stride = window.stride // chunk_size
-  receptive = window.lookahead + stride
-  encoder_frames = max((frames - receptive) // stride + 1, 0)
+  if window.output_frames is not None:
+    encoder_frames = int(window.output_frames(frames))
+  else:
+    stride = window.stride // chunk_size
+    encoder_frames = max((frames - window.lookahead - stride) // stride + 1, 0)
   return encoder_frames, max(-(-encoder_frames // chunk_size), 1)
 
 
@@ -52,12 +54,13 @@ def stream_encode(step: StepFn, state: Any, features: jax.Array, lengths: jax.Ar
   """
   batch, frames = features.shape[:2]
   encoder_frames, chunks = chunk_count(frames, window, chunk_size)
-  padded = jnp.pad(features, ((0, 0), (0, max((chunks - 1) * window.stride + window.frames - frames, 0)), (0, 0)))
+  end_padding = max((chunks - 1) * window.stride + window.frames - window.history - frames, 0)
+  padded = jnp.pad(features, ((0, 0), (window.history, end_padding), (0, 0)))
 
   def body(state, chunk):
-    start = chunk * window.stride
+    start = chunk * window.stride  # in `padded`: the chunk's own frames start `history` frames later
     chunk_features = jax.lax.dynamic_slice_in_dim(padded, start, window.frames, axis=1)
-    chunk_lengths = jnp.clip(lengths - start, 0, window.frames).astype(jnp.int32)
+    chunk_lengths = jnp.clip(lengths + window.history - start, 0, window.frames).astype(jnp.int32)
     x, valid, state = step(chunk_features, chunk_lengths, state)
     return state, (x, valid)
 

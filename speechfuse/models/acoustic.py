@@ -210,5 +210,5 @@ def latency_ms(config: ml_collections.ConfigDict, chunk_size: int) -> tuple[floa
     raise ValueError(f"the {encoder.architecture} encoder does not stream"
                      + (f" (config.model.encoder.conv_context={encoder.conv_context!r})" if "conv_context" in encoder
                         else ""))
-  window = streaming.chunk_window(encoder.subsampling, encoder.subsampling_factor, chunk_size)
+  window = encoders.make_encoder(encoder, None).chunk_window(chunk_size)
   return window.stride * FRAME_SHIFT_MS, window.lookahead * FRAME_SHIFT_MS + FRAME_LENGTH_MS - FRAME_SHIFT_MS

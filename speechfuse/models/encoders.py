@@ -179,6 +179,8 @@ def inputs(config: ml_collections.ConfigDict) -> str:
 
 def streams(config: ml_collections.ConfigDict) -> bool:
   """Whether the encoder of config (model.encoder) has a streaming step (a Conformer only if its conv does not look
-  past the chunk)."""
+  past the chunk, a Zipformer only if causal)."""
   module = encoder_type(config.architecture).module
-  return hasattr(module, "step") and config.get("conv_context", "causal") != "symmetric"
+  if not hasattr(module, "step"):
+    return False
+  return config.conv_context != "symmetric" if "conv_context" in config else config.get("causal", True)

@@ -20,6 +20,7 @@ the past).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -57,10 +58,15 @@ class BlockCache(NamedTuple):
 
 class ChunkWindow(NamedTuple):
   """Feature frames an encoder step reads: `frames` of them, every `stride` frames; `lookahead` of them lie past
-  the chunk's own stride frames (the subsampling's right context)."""
+  the chunk's own stride frames (the subsampling's right context), and `history` of them before (an encoder that
+  recomputes a front end's left context rather than caching it; the driver pads the utterance's start with that
+  many frames, which the encoder must ignore). `output_frames` maps feature frames to the encoder's output frames
+  where they are not the receptive field's count (None: (T - lookahead - s) // s + 1 for s = stride / chunk)."""
   frames: int
   stride: int
   lookahead: int
+  history: int = 0
+  output_frames: Callable[[int], int] | None = None
 
 
 def chunk_window(kind: str, factor: int, chunk_size: int) -> ChunkWindow:

@@ -37,18 +37,26 @@ dropout 0.15, per-utterance skipping of attention / conv / FF2 / FF3 branches an
 weights, positional scores skipped (0.5 -> 0 over 4k), per-utterance feature masks above encoder_unmasked_dim. With
 causal=True and no chunk_size, one (chunk, left context) is drawn per batch from chunk_sizes / left_context_frames.
 
-Chunks: chunk_size counts 50 Hz embed frames (a multiple of max(downsampling_factors), as icefall asserts) and
-num_left_chunks chunks of left context (-1: all). Stack i sees the chunk mask of its frames' first embed positions
-(icefall's attn_mask[::ds, ::ds]); with causal=True no output of chunk c reads an embed frame past chunk c, hence no
-fbank frame past 2 e + 14 for e the chunk's last embed frame (the front end's look-ahead, 6 frames of it through the
-ConvNeXt).
+Chunks: chunk_size counts 25 Hz output frames, as for every encoder here (icefall's --chunk-size counts the 50 Hz embed
+frames: chunk_sizes and left_context_frames, the training draws, keep its units), so 2 chunk_size embed frames, a
+multiple of max(downsampling_factors) as icefall asserts; num_left_chunks chunks of left context (-1: all). Stack i
+sees the chunk mask of its frames' first embed positions (icefall's attn_mask[::ds, ::ds]); with causal=True no output
+of chunk c reads an embed frame past chunk c, hence no fbank frame past 2 e + 14 for e the chunk's last embed frame
+(the front end's look-ahead, 6 frames of it through the ConvNeXt).
+
+Streaming (init_state / step, speechfuse.nn.streaming's API; causal=True): each step reads the fbank window of one
+chunk and recomputes encoder_embed on it, CONVNEXT_CONTEXT embed frames before the chunk (the ConvNeXt's left context,
+zeroed before the utterance as the offline padding) and after it (the look-ahead); every layer caches the keys, the
+NonlinAttention and SelfAttention values of the left context its chunk mask allows and the last inputs of its two
+causal convolutions. The outputs equal the chunk-masked forward's. icefall caches the ConvNeXt's left frames instead
+of recomputing them; recomputing keeps the state free of the feature dimension, which init_state does not know.
 
 Deviations from icefall (each so that a padded utterance encodes as it would alone): padding frames are zeroed before
 the ConvNeXt; SimpleDownsample repeats each utterance's last valid frame rather than the batch's last frame; with
 causal=True and full context, the chunkwise conv's edge factors apply at the utterance's end, not the padded batch's.
 Also: biases start at zero (icefall: small uniform), weights as PyTorch's default uniform times icefall's
 initial_scale; icefall's unused per-layer `bypass_scale` tensor is left out; Whiten's adaptive probability is fixed at
-its maximum 0.25 (nn.zipformer_scaling). No streaming step (init_state / step) yet.
+its maximum 0.25 (nn.zipformer_scaling).
 
 Classes: ZipformerStacks holds the stacks' attributes and runs them on 50 Hz frames (`encode_stacks`);
 ZipformerEncoder adds encoder_embed on fbank, nn.zipformer_waveform's encoder wav2vec 2.0's extractor (k2SSL).
@@ -85,21 +93,25 @@ Sizes (`zipformer_size`; parameters of the encoder over 80 mel bins from jax.eva
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from speechfuse.audio import frames
 from speechfuse.nn import attention
 from speechfuse.nn import layers
+from speechfuse.nn import streaming
 from speechfuse.nn import zipformer_scaling as scaling
 from speechfuse.nn.zipformer_scaling import Balancer, BiasNorm, ScheduledFloat, Whiten
 
 EMBED_TIME_LAYERS = ((3, 1), (3, 2), (3, 1))  # (kernel, stride) of encoder_embed's convs along time
 OUTPUT_FACTOR = 2
+CONVNEXT_CONTEXT = 3  # embed frames the ConvNeXt reads either side (its 7-frame kernel)
 MASKED_SCORE = -1000.0  # icefall's fill for disallowed attention scores (exp underflows to exactly 0)
 
 # icefall's schedules in the training step (zipformer.py, subsampling.py).
@@ -334,10 +346,15 @@ class AttentionWeights(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, *, train: bool,
-               step: scaling.Step) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, *, train: bool, step: scaling.Step,
+               cache: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
     """x: [batch, time, embed], positions: [2 time - 1, pos_dim] (compact_rel_positions), mask: [batch, time, time]
-    bool (True = attend) -> [batch, heads, time, time]."""
+    bool (True = attend) -> [batch, heads, time, time].
+
+    A streaming step passes cache [batch, cached, heads, query_head_dim], the keys of the frames before the
+    chunk; the keys are then those and the chunk's (keys = cached + time), positions holds the first time + keys - 1
+    rows of compact_rel_positions(keys), mask is [batch, time, keys], and the result is (weights [batch, heads,
+    time, keys], the keys [batch, keys, heads, query_head_dim])."""
     batch, time, _ = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     head_axes = ("embed", "heads", "kv")
@@ -352,6 +369,8 @@ class AttentionWeights(nn.Module):
     flat_key = Balancer(0.4, 0.6, min_abs=0.0, max_abs=100.0, prob=0.025)(flat_key, step)
     flat_key = Whiten(self.num_heads, scaling.whitening_schedule(3.0), grad_scale=0.025)(flat_key, step)
     key = flat_key.reshape(key.shape)
+    if cache is not None:
+      key = jnp.concatenate([cache.astype(key.dtype), key], axis=1)
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
 
     positions = ScaledProjection((self.num_heads, self.pos_head_dim), (None, "heads", "kv"), use_bias=False,
@@ -363,7 +382,8 @@ class AttentionWeights(nn.Module):
     if step is not None:
       scores = scaling.penalize_abs_values_gt(scores, jnp.asarray(scaling.fires(self, 0.1, step)), 25.0, 1e-4)
     scores = jnp.where(mask[:, None], scores, MASKED_SCORE)
-    return jax.nn.softmax(scores, axis=-1)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return weights if cache is None else (weights, key)
 
 
 class FeedForward(nn.Module):
@@ -392,17 +412,24 @@ class NonlinAttention(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, weights: jax.Array, *, step: scaling.Step) -> jax.Array:
-    """x: [batch, time, embed], weights: [batch, time, time] (one head) -> [batch, time, embed]."""
+  def __call__(self, x: jax.Array, weights: jax.Array, *, step: scaling.Step,
+               cache: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """x: [batch, time, embed], weights: [batch, time, time] (one head) -> [batch, time, embed].
+
+    Streaming: cache [batch, cached, hidden_dim] holds the earlier frames' x * tanh(s), weights is [batch, time,
+    cached + time], and the result is (out, the values [batch, cached + time, hidden_dim])."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     projected = ScaledProjection((3, self.hidden_dim), ("embed", None, "mlp"), name="dense_in", **kw)(x)
     gate, values, out_gate = projected[..., 0, :], projected[..., 1, :], projected[..., 2, :]
     gate = Balancer(ScheduledFloat(((0.0, 0.25), (20000.0, 0.05))), ScheduledFloat(((0.0, 0.75), (20000.0, 0.95))),
                     min_abs=0.5, max_abs=5.0)(gate, step)
     values = Whiten(1, scaling.whitening_schedule(5.0), grad_scale=0.01)(values, step) * jnp.tanh(gate)
-    values = jnp.einsum("bqk,bkc->bqc", weights.astype(values.dtype), values) * out_gate
-    out = ScaledProjection((x.shape[-1],), ("mlp", "embed"), initial_scale=0.05, name="dense_out", **kw)(values)
-    return Whiten(1, scaling.whitening_schedule(5.0, ratio=3.0), grad_scale=0.01)(out, step)
+    if cache is not None:
+      values = jnp.concatenate([cache.astype(values.dtype), values], axis=1)
+    attended = jnp.einsum("bqk,bkc->bqc", weights.astype(values.dtype), values) * out_gate
+    out = ScaledProjection((x.shape[-1],), ("mlp", "embed"), initial_scale=0.05, name="dense_out", **kw)(attended)
+    out = Whiten(1, scaling.whitening_schedule(5.0, ratio=3.0), grad_scale=0.01)(out, step)
+    return out if cache is None else (out, values)
 
 
 class SelfAttention(nn.Module):
@@ -412,15 +439,22 @@ class SelfAttention(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, weights: jax.Array, *, step: scaling.Step) -> jax.Array:
-    """x: [batch, time, embed], weights: [batch, heads, time, time] -> [batch, time, embed]."""
+  def __call__(self, x: jax.Array, weights: jax.Array, *, step: scaling.Step,
+               cache: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """x: [batch, time, embed], weights: [batch, heads, time, time] -> [batch, time, embed].
+
+    Streaming: cache [batch, cached, heads, value_head_dim] holds the earlier frames' values, weights is [batch,
+    heads, time, cached + time], and the result is (out, the values [batch, cached + time, heads, value_head_dim])."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     value = ScaledProjection((weights.shape[1], self.value_head_dim), ("embed", "heads", "kv"), name="value", **kw)(x)
+    if cache is not None:
+      value = jnp.concatenate([cache.astype(value.dtype), value], axis=1)
     context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
     context = nn.with_logical_constraint(context, ("batch", "time", "heads", "kv"))
     out = ScaledProjection((x.shape[-1],), ("heads", "kv", "embed"), input_axes=2, initial_scale=0.05, name="out",
                            **kw)(context)
-    return Whiten(1, scaling.whitening_schedule(7.5, ratio=3.0), grad_scale=0.01)(out, step)
+    out = Whiten(1, scaling.whitening_schedule(7.5, ratio=3.0), grad_scale=0.01)(out, step)
+    return out if cache is None else (out, value)
 
 
 def _depthwise(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax.Array:
@@ -454,10 +488,13 @@ class ChunkCausalDepthwiseConv(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None) -> jax.Array:
+  def __call__(self, x: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None,
+               cache: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
     """x: [batch, time, channels] with padding zeroed, lengths: [batch] -> [batch, time, channels].
 
-    chunk_size None or (traced) <= 0: full context, the chunk being each utterance's valid frames.
+    chunk_size None or (traced) <= 0: full context, the chunk being each utterance's valid frames. A streaming step
+    passes one chunk (chunk_size = time) and cache [batch, K // 2, channels], the inputs of the frames before it
+    (zeros before the utterance), and gets (out, the new cache).
     """
     taps, half = self.kernel_size, self.kernel_size // 2
     time, channels = x.shape[1], x.shape[2]
@@ -467,7 +504,11 @@ class ChunkCausalDepthwiseConv(nn.Module):
     edge_scale = self.param("chunkwise_scale", zeros, (2, taps, channels), self.param_dtype)
     x, causal_kernel, causal_bias, chunk_kernel, chunk_bias, edge_scale = nn.dtypes.promote_dtype(
         x, causal_kernel, causal_bias, chunk_kernel, chunk_bias, edge_scale, dtype=self.dtype)
-    causal = _depthwise(x, causal_kernel, (half, 0)) + causal_bias
+    if cache is None:
+      causal = _depthwise(x, causal_kernel, (half, 0)) + causal_bias
+    else:
+      history = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
+      causal = _depthwise(history, causal_kernel, (0, 0)) + causal_bias
     t = jnp.arange(time)
     to_utterance_end = jnp.asarray(lengths)[:, None] - t[None]  # [batch, time]
     if chunk_size is None:
@@ -486,7 +527,8 @@ class ChunkCausalDepthwiseConv(nn.Module):
     left = jnp.where((from_start < taps)[..., None], jnp.take(edge_scale[0], jnp.clip(from_start, 0, taps - 1), 0), 0)
     right = jnp.where(((to_end >= 1) & (to_end <= taps))[..., None],
                       jnp.take(edge_scale[1], jnp.clip(taps - to_end, 0, taps - 1), 0), 0)
-    return (chunked + chunk_bias) * (1.0 + left + right) + causal
+    out = (chunked + chunk_bias) * (1.0 + left + right) + causal
+    return out if cache is None else (out, history[:, history.shape[1] - half:])
 
 
 class ConvolutionModule(nn.Module):
@@ -499,8 +541,9 @@ class ConvolutionModule(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None, *,
-               step: scaling.Step) -> jax.Array:
-    """x: [batch, time, embed], valid: [batch, time] bool, lengths: [batch] -> [batch, time, embed]."""
+               step: scaling.Step, cache: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """x: [batch, time, embed], valid: [batch, time] bool, lengths: [batch] -> [batch, time, embed]; streaming
+    (causal only), with the depthwise conv's cache -> (out, the new cache), as ChunkCausalDepthwiseConv."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     channels = x.shape[-1]
     glu_in = ScaledProjection((2, channels), ("embed", None, "conv_channels"), name="pointwise_in", **kw)(x)
@@ -509,7 +552,9 @@ class ConvolutionModule(nn.Module):
     h = jnp.where(valid[..., None], glu_in[..., 0, :] * nn.sigmoid(gate), 0.0)
     h = nn.with_logical_constraint(h, ("batch", "time", "conv_channels"))
     if self.causal:
-      h = ChunkCausalDepthwiseConv(self.kernel_size, name="depthwise", **kw)(h, lengths, chunk_size)
+      h = ChunkCausalDepthwiseConv(self.kernel_size, name="depthwise", **kw)(h, lengths, chunk_size, cache)
+      if cache is not None:
+        h, cache = h
     else:
       kernel, bias = DepthwiseWeights(self.kernel_size, self.param_dtype, name="depthwise")(channels)
       h, kernel, bias = nn.dtypes.promote_dtype(h, kernel, bias, dtype=self.dtype)
@@ -517,8 +562,35 @@ class ConvolutionModule(nn.Module):
     h = Balancer(ScheduledFloat(((0.0, 0.1), (8000.0, 0.05))), 1.0,
                  min_abs=ScheduledFloat(((0.0, 0.2), (20000.0, 0.5))), max_abs=10.0)(h, step)
     h = Whiten(1, scaling.whitening_schedule(7.5), grad_scale=0.01)(h, step)
-    return ScaledProjection((channels,), ("conv_channels", "embed"), initial_scale=0.05, name="pointwise_out",
-                            **kw)(scaling.swoosh_r(h))
+    out = ScaledProjection((channels,), ("conv_channels", "embed"), initial_scale=0.05, name="pointwise_out",
+                           **kw)(scaling.swoosh_r(h))
+    return out if cache is None else (out, cache)
+
+
+class LayerCache(NamedTuple):
+  """A layer's streaming cache, for the `cached` frames before the chunk (zeros before the utterance, masked):
+  keys [batch, cached, heads, query_head_dim], nonlin [batch, cached, 3 dim / 4] (NonlinAttention's x * tanh(s)),
+  values1 / values2 [batch, cached, heads, value_head_dim] (the self-attentions'), and conv1 / conv2 [batch,
+  K // 2, dim], the depthwise convs' last inputs."""
+  keys: jax.Array
+  nonlin: jax.Array
+  values1: jax.Array
+  values2: jax.Array
+  conv1: jax.Array
+  conv2: jax.Array
+
+
+class StackState(NamedTuple):
+  """A stack's streaming state: offset (int32 [], its frames before the chunk) and each layer's LayerCache."""
+  offset: jax.Array
+  layers: tuple[LayerCache, ...]
+
+
+class ZipformerState(struct.PyTreeNode):
+  """What ZipformerEncoder.step carries from one chunk to the next: offset (int32 [], output frames emitted) and
+  each stack's StackState."""
+  offset: jax.Array
+  stacks: tuple[StackState, ...]
 
 
 class ZipformerLayer(nn.Module):
@@ -544,18 +616,33 @@ class ZipformerLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array, lengths: jax.Array, mask: jax.Array,
-               chunk_size: attention.IntLike | None, *, train: bool, step: scaling.Step) -> jax.Array:
+               chunk_size: attention.IntLike | None, *, train: bool, step: scaling.Step,
+               cache: LayerCache | None = None) -> jax.Array | tuple[jax.Array, LayerCache]:
     """x: [batch, time, dim], positions: [2 time - 1, pos_dim], valid: [batch, time] bool, lengths: [batch], mask:
-    [batch, time, time] bool, chunk_size: the conv's chunk in this stack's frames -> [batch, time, dim]."""
+    [batch, time, time] bool, chunk_size: the conv's chunk in this stack's frames -> [batch, time, dim].
+
+    A streaming step (evaluation) passes one chunk (time = chunk_size), the layer's cache of the frames before it,
+    positions and mask over the cached frames and the chunk's (AttentionWeights), and gets (x, the new cache)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch, _, dim = x.shape
+    updated = {}
+
+    def cached(name: str, call):
+      """call(the cache entry `name`, None offline): a submodule's output; in streaming the submodule also returns
+      its updated entry, kept in `updated`."""
+      if cache is None:
+        return call(None)
+      out, updated[name] = call(getattr(cache, name))
+      return out
+
     ffn = lambda hidden, name: FeedForward(hidden, name=name, **kw)(x, train=train, step=step)
-    conv = lambda name: ConvolutionModule(self.conv_kernel, self.causal, name=name, **kw)(x, valid, lengths,
-                                                                                         chunk_size, step=step)
+    conv = lambda name: cached(name, lambda c: ConvolutionModule(self.conv_kernel, self.causal, name=name, **kw)(
+        x, valid, lengths, chunk_size, step=step, cache=c))
     skip = lambda rate: sequence_keep(self, rate, step, train, batch)
     orig = x
-    weights = AttentionWeights(self.num_heads, self.query_head_dim, self.pos_head_dim, name="attention_weights",
-                               **kw)(x, positions, mask, train=train, step=step)
+    weights = cached("keys", lambda c: AttentionWeights(
+        self.num_heads, self.query_head_dim, self.pos_head_dim, name="attention_weights", **kw)(
+            x, positions, mask, train=train, step=step, cache=c))
     x = x + ffn(self.feedforward_dim * 3 // 4, "ffn1")
     attention_keep = skip(ATTENTION_SKIP_RATE)
     first_head = weights[:, 0]
@@ -563,18 +650,19 @@ class ZipformerLayer(nn.Module):
     if learned is not None:  # now and then, a plain average over the allowed keys
       allowed = (first_head > 0).astype(first_head.dtype)
       first_head = jnp.where(learned[0, 0, 0], first_head, allowed / allowed.sum(-1, keepdims=True))
-    nonlin = NonlinAttention(dim * 3 // 4, name="nonlin_attention", **kw)(x, first_head, step=step)
+    nonlin = cached("nonlin", lambda c: NonlinAttention(dim * 3 // 4, name="nonlin_attention", **kw)(
+        x, first_head, step=step, cache=c))
     nonlin = Balancer(0.3, 0.7, min_abs=ScheduledFloat(((0.0, 0.004), (4000.0, 0.02))), prob=0.05)(nonlin, step)
     x = x + kept(nonlin, attention_keep)
-    x = x + kept(SelfAttention(self.value_head_dim, name="self_attention1", **kw)(x, weights, step=step),
-                 attention_keep)
+    self_attention = lambda name: cached(name.replace("self_attention", "values"), lambda c: SelfAttention(
+        self.value_head_dim, name=name, **kw)(x, weights, step=step, cache=c))
+    x = x + kept(self_attention("self_attention1"), attention_keep)
     x = x + kept(conv("conv1"), skip(CONV_SKIP_RATE))
     ff2 = Balancer(0.3, 0.7, min_abs=ScheduledFloat(((0.0, 0.0), (4000.0, 0.1))), max_abs=2.0, prob=0.05)(
         ffn(self.feedforward_dim, "ffn2"), step)
     x = x + kept(ff2, skip(FF_SKIP_RATE))
     x = Bypass(param_dtype=self.param_dtype, name="bypass_mid")(orig, x, train=train, step=step)
-    x = x + kept(SelfAttention(self.value_head_dim, name="self_attention2", **kw)(x, weights, step=step),
-                 attention_keep)
+    x = x + kept(self_attention("self_attention2"), attention_keep)
     x = x + kept(conv("conv2"), skip(CONV_SKIP_RATE))
     ff3 = Balancer(0.3, 0.7, min_abs=ScheduledFloat(((0.0, 0.0), (4000.0, 0.2))), max_abs=4.0, prob=0.05)(
         ffn(self.feedforward_dim * 5 // 4, "ffn3"), step)
@@ -584,7 +672,13 @@ class ZipformerLayer(nn.Module):
     x = Bypass(self.layer_skip_rate, param_dtype=self.param_dtype, name="bypass")(orig, x, train=train, step=step)
     x = Balancer(0.45, 0.55, min_abs=0.1, max_abs=4.0)(x, step)
     x = Whiten(1, scaling.whitening_schedule(4.0, ratio=3.0), grad_scale=0.01)(x, step)
-    return nn.with_logical_constraint(x, ("batch", "time", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
+    if cache is None:
+      return x
+    cached_frames = cache.keys.shape[1]
+    latest = lambda full: full[:, full.shape[1] - cached_frames:]  # the last `cached_frames` frames
+    return x, LayerCache(latest(updated["keys"]), latest(updated["nonlin"]), latest(updated["values1"]),
+                         latest(updated["values2"]), updated["conv1"], updated["conv2"])
 
 
 class ZipformerStack(nn.Module):
@@ -612,20 +706,29 @@ class ZipformerStack(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None,
                num_left_chunks: attention.IntLike, feature_mask: jax.Array | None, *, train: bool,
-               step: scaling.Step) -> tuple[jax.Array, jax.Array]:
+               step: scaling.Step, state: StackState | None = None) -> tuple[Any, ...]:
     """x: [batch, time, dim] at the embed rate, lengths: [batch], feature_mask: [batch, 1, dim] or None ->
-    (x [batch, time, dim], the layers' output [batch, ceil(time / factor), dim])."""
+    (x [batch, time, dim], the layers' output [batch, ceil(time / factor), dim]).
+
+    A streaming step passes one chunk of chunk_size embed frames (time = chunk_size) and the stack's state, and gets
+    the new state as a third entry."""
     orig = x
     if self.factor > 1:
       x = SimpleDownsample(self.factor, self.dtype, self.param_dtype, name="downsample")(x, lengths)
       lengths = downsampled_lengths(lengths, self.factor)
     valid = attention.padding_mask(lengths, x.shape[1])
-    mask = stack_attention_mask(valid, self.factor, chunk_size, num_left_chunks)
-    positions = jnp.asarray(compact_rel_positions(x.shape[1], self.pos_dim))
+    if state is None:
+      mask = stack_attention_mask(valid, self.factor, chunk_size, num_left_chunks)
+      positions = jnp.asarray(compact_rel_positions(x.shape[1], self.pos_dim))
+    else:  # the chunk's queries against the cached frames' keys and its own
+      cached = state.layers[0].keys.shape[1]
+      mask = streaming.step_mask(state.offset, cached, valid)
+      positions = jnp.asarray(compact_rel_positions(cached + x.shape[1], self.pos_dim)[:cached + 2 * x.shape[1] - 1])
     positions = nn.Dropout(POSITION_DROPOUT)(positions, deterministic=not train)  # one draw for all the layers
     masked = lambda h: h if feature_mask is None else h * feature_mask
     x = masked(x)
     share = (self.warmup_end - self.warmup_begin) / self.num_layers
+    layer_caches = []
     for j in range(self.num_layers):
       begin = self.warmup_begin + j * share
       skip_rate = ScheduledFloat(((begin, 0.5), (begin + share, 0.035 * self.factor ** 0.5)))
@@ -633,13 +736,18 @@ class ZipformerStack(nn.Module):
           self.num_heads, self.query_head_dim, self.pos_head_dim, self.value_head_dim, self.feedforward_dim,
           self.conv_kernel, self.causal, skip_rate, self.dtype, self.param_dtype, name=f"layers_{j}",
       )(x, positions, valid, lengths, mask, None if chunk_size is None else chunk_size // self.factor, train=train,
-        step=step)
+        step=step, cache=None if state is None else state.layers[j])
+      if state is not None:
+        x, layer_cache = x
+        layer_caches.append(layer_cache)
       x = masked(x)
     hidden = x
     if self.factor > 1:
       x = jnp.repeat(x, self.factor, axis=1)[:, :orig.shape[1]]
       x = Bypass(param_dtype=self.param_dtype, name="out_combiner")(orig, x, train=train, step=step)
-    return x, hidden
+    if state is None:
+      return x, hidden
+    return x, hidden, StackState(state.offset + hidden.shape[1], tuple(layer_caches))
 
 
 class ConvNeXt(nn.Module):
@@ -651,18 +759,20 @@ class ConvNeXt(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool, step: scaling.Step) -> jax.Array:
-    """x: [batch, time, freq, channels] -> the same shape."""
+  def __call__(self, x: jax.Array, *, train: bool, step: scaling.Step, pad_time: bool = True) -> jax.Array:
+    """x: [batch, time, freq, channels] -> the same shape; pad_time=False (a streaming step, x holding the
+    kernel_size // 2 frames either side of the chunk) -> [batch, time - kernel_size + 1, freq, channels]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     channels, pad = x.shape[-1], self.kernel_size // 2
-    h = nn.Conv(channels, (self.kernel_size, self.kernel_size), padding=((pad, pad), (pad, pad)),
+    time_pad = pad if pad_time else 0
+    h = nn.Conv(channels, (self.kernel_size, self.kernel_size), padding=((time_pad, time_pad), (pad, pad)),
                 feature_group_count=channels, kernel_init=torch_init(1.0, (None, None, None, "conv_channels"), 3),
                 bias_init=layers.bias_init(("conv_channels",)), name="depthwise", **kw)(x)
     h = ScaledProjection((self.hidden_ratio * channels,), ("conv_channels", "mlp"), name="pointwise_in", **kw)(h)
     h = scaling.swoosh_l(Balancer(0.3, 1.0, min_abs=0.75, max_abs=5.0)(h, step))
     h = ScaledProjection((channels,), ("mlp", "conv_channels"), initial_scale=0.01, name="pointwise_out", **kw)(h)
     keep = sequence_keep(self, CONVNEXT_SKIP_RATE, step, train, x.shape[0])
-    x = x + kept(h, None if keep is None else keep[..., None])
+    x = x[:, pad - time_pad:x.shape[1] - (pad - time_pad)] + kept(h, None if keep is None else keep[..., None])
     x = Balancer(0.4, 0.6, min_abs=1.0, max_abs=6.0)(x, step)
     return Whiten(1, 5.0, grad_scale=0.01)(x, step)
 
@@ -680,9 +790,14 @@ class ConvEmbed(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: jax.Array, lengths: jax.Array, *, train: bool,
-               step: scaling.Step) -> tuple[jax.Array, jax.Array]:
-    """features: [batch, T, mel] (T >= 9), lengths: [batch] -> (x [batch, (T - 7) // 2, d_model], lengths')."""
+  def __call__(self, features: jax.Array, lengths: jax.Array, *, train: bool, step: scaling.Step,
+               window_start: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """features: [batch, T, mel] (T >= 9), lengths: [batch] -> (x [batch, (T - 7) // 2, d_model], lengths').
+
+    A streaming step (ZipformerEncoder.step) passes a chunk's window: its embed frames are CONVNEXT_CONTEXT before
+    the chunk, the chunk's, and CONVNEXT_CONTEXT after it (the ConvNeXt's context), the first at embed position
+    window_start (int32 []); frames before the utterance are zeroed, as the offline padding, and the result is the
+    chunk's frames [batch, (T - 7) // 2 - 2 CONVNEXT_CONTEXT, d_model] with their valid counts."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     conv = lambda channels, strides, padding, name: nn.Conv(
         channels, (3, 3), strides=strides, padding=padding, name=name,
@@ -695,8 +810,13 @@ class ConvEmbed(nn.Module):
     x = scaling.swoosh_r(Balancer(max_abs=4.0)(conv(self.channels[1], (2, 2), "VALID", "conv_1")(x), step))
     x = scaling.swoosh_r(Balancer(max_abs=4.0)(conv(self.channels[2], (1, 2), "VALID", "conv_2")(x), step))
     lengths = embed_lengths(lengths)
-    x = jnp.where(attention.padding_mask(lengths, x.shape[1])[:, :, None, None], x, 0.0)  # as an utterance alone
-    x = ConvNeXt(name="convnext", **kw)(x, train=train, step=step)
+    valid = attention.padding_mask(lengths, x.shape[1])
+    if window_start is not None:
+      valid = valid & (window_start + jnp.arange(x.shape[1]) >= 0)[None]
+    x = jnp.where(valid[:, :, None, None], x, 0.0)  # as an utterance alone
+    x = ConvNeXt(name="convnext", **kw)(x, train=train, step=step, pad_time=window_start is None)
+    if window_start is not None:
+      lengths = jnp.clip(lengths - CONVNEXT_CONTEXT, 0, x.shape[1])
     batch, time, freq, channels = x.shape
     x = jnp.swapaxes(x, 2, 3).reshape(batch, time, channels * freq)  # rows channel-major, as PyTorch's
     x = ScaledProjection((self.d_model,), (None, "embed"), name="out", **kw)(x)
@@ -744,51 +864,67 @@ class ZipformerStacks(nn.Module):
 
   def encode_stacks(
       self, x: jax.Array, lengths: jax.Array, chunk_size: attention.IntLike | None, num_left_chunks: attention.IntLike,
-      *, train: bool, step: scaling.Step, output_factor: int,
-  ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+      *, train: bool, step: scaling.Step, output_factor: int, states: tuple[StackState, ...] | None = None,
+  ) -> tuple[Any, ...]:
     """Embedded frames x [batch, T_embed, dims[0]] at 50 Hz -> (output [batch, ceil(T_embed / output_factor),
     max(dims)] with padding zeroed, its lengths [batch], each stack's output [batch, T_embed, dims[i]], each stack's
     layers' outputs); chunk_size / num_left_chunks as `_chunking` returns them. Called from a subclass's compact
-    __call__ (submodules stacks_{i}, output_downsample when output_factor > 1)."""
+    __call__ (submodules stacks_{i}, output_downsample when output_factor > 1).
+
+    A streaming step passes one chunk (T_embed = chunk_size) and the stacks' states, and gets their new states as a
+    fifth entry."""
     stacks = len(self.downsampling_factors)
     for name in ("num_layers", "dims", "unmasked_dims", "num_heads", "feedforward_dims", "conv_kernels"):
       if len(getattr(self, name)) != stacks:
         raise ValueError(f"{name}={getattr(self, name)} needs one entry per stack ({stacks})")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     feature_masks = self._feature_masks(x.shape[0], train, x.dtype)
-    outputs, hidden = [], []
+    outputs, hidden, new_states = [], [], []
     for i, factor in enumerate(self.downsampling_factors):
-      x, layers_output = ZipformerStack(
+      out = ZipformerStack(
           factor, self.num_layers[i], self.num_heads[i], self.query_head_dim, self.pos_head_dim,
           self.value_head_dim, self.feedforward_dims[i], self.conv_kernels[i], self.pos_dim, self.causal,
           self.warmup_steps * (i + 1) / (stacks + 1), self.warmup_steps * (i + 2) / (stacks + 1), name=f"stacks_{i}",
           **kw,
       )(convert_num_channels(x, self.dims[i]), lengths, chunk_size, num_left_chunks, feature_masks[i], train=train,
-        step=step)
+        step=step, state=None if states is None else states[i])
+      x, layers_output = out[:2]
       outputs.append(x)
       hidden.append(layers_output)
+      new_states.extend(out[2:])
     x = full_dim_output(outputs)
     if output_factor > 1:
       x = SimpleDownsample(output_factor, name="output_downsample", **kw)(x, lengths)
       lengths = downsampled_lengths(lengths, output_factor)
     x = jnp.where(attention.padding_mask(lengths, x.shape[1])[..., None], x, 0.0)
     x = nn.with_logical_constraint(x, ("batch", "time", "embed"))
-    return x, lengths, tuple(outputs), tuple(hidden)
+    if states is None:
+      return x, lengths, tuple(outputs), tuple(hidden)
+    return x, lengths, tuple(outputs), tuple(hidden), tuple(new_states)
 
-  def _chunking(self, train: bool, chunk_size: attention.IntLike | None,
-                num_left_chunks: attention.IntLike) -> tuple[attention.IntLike | None, attention.IntLike]:
-    """(chunk_size, num_left_chunks) in embed frames, chunk_size None for full context: the caller's, else with
-    causal and train one drawn per batch (icefall's get_chunk_info), else full context."""
+  def check_chunk(self, chunk_size: int, output_factor: int) -> None:
+    """Raises a ValueError unless chunks of chunk_size output frames (output_factor embed frames each) hold whole
+    frames of every stack."""
+    largest = max(self.downsampling_factors)
+    if (chunk_size * output_factor) % largest:
+      raise ValueError(f"chunk_size={chunk_size} output frames ({chunk_size * output_factor} embed frames) must be a "
+                       f"multiple of {largest // math.gcd(output_factor, largest)}, for whole frames in every stack "
+                       f"(downsampling factors {self.downsampling_factors})")
+
+  def _chunking(self, train: bool, chunk_size: attention.IntLike | None, num_left_chunks: attention.IntLike,
+                output_factor: int) -> tuple[attention.IntLike | None, attention.IntLike]:
+    """(chunk size in embed frames, num_left_chunks), None for full context: the caller's chunk_size in output frames
+    (output_factor embed frames each), else with causal and train one drawn per batch (icefall's get_chunk_info,
+    chunk_sizes in embed frames), else full context."""
     if chunk_size is not None:
       if not self.causal:
         raise ValueError("chunk_size needs a ZipformerEncoder with causal=True: its symmetric convolutions look "
                          f"{max(self.conv_kernels) // 2} frames past any chunk")
       if isinstance(chunk_size, int) and chunk_size <= 0:
         return None, -1
-      if isinstance(chunk_size, int) and chunk_size % max(self.downsampling_factors):
-        raise ValueError(f"chunk_size={chunk_size} embed frames must be a multiple of every downsampling factor "
-                         f"{self.downsampling_factors}")
-      return chunk_size, num_left_chunks
+      if isinstance(chunk_size, int):
+        self.check_chunk(chunk_size, output_factor)
+      return chunk_size * output_factor, num_left_chunks
     if not (train and self.causal):
       return None, -1
     size_key, left_key = jax.random.split(self.make_rng("dropout"))
@@ -825,8 +961,8 @@ class ZipformerEncoder(ZipformerStacks):
   def __call__(
       self, features: jax.Array, lengths: jax.Array, *, train: bool = False,
       chunk_size: attention.IntLike | None = None, num_left_chunks: attention.IntLike = -1,
-      step: scaling.Step = None, return_hidden: bool = False,
-  ) -> tuple[jax.Array, ...]:
+      step: scaling.Step = None, return_hidden: bool = False, state: ZipformerState | None = None,
+  ) -> tuple[Any, ...]:
     """Encodes padded fbank features.
 
     Args:
@@ -834,21 +970,73 @@ class ZipformerEncoder(ZipformerStacks):
       lengths: [batch] valid frames per utterance.
       train: dropout, skipping and feature masks (RNG stream "dropout"), and chunks drawn from chunk_sizes when
         causal.
-      chunk_size: attention chunk in 50 Hz embed frames (int or traced scalar; -1 or None: full context); needs
-        causal=True.
+      chunk_size: attention chunk in 25 Hz output frames (int or traced scalar; -1 or None: full context), so
+        2 chunk_size embed frames in the stacks; needs causal=True.
       num_left_chunks: chunks of left context (-1: all).
       step: the training step for icefall's schedules; given, the Balancers, Whitens and parameter limits shape
         the gradients (their draws use the "dropout" stream, train or not); None: exact gradients.
       return_hidden: also return each stack's layers' output.
+      state: a streaming step (use `step`): features is one chunk's window and the result gains the new state.
 
     Returns:
       (x [batch, T', d_model] with padding frames zeroed, lengths' [batch]), T' = ceil(((T - 7) // 2) / 2); with
-      return_hidden, a third entry: per stack [batch, ceil(T_embed / factor_i), dims[i]] (padding not zeroed).
+      return_hidden, a third entry: per stack [batch, ceil(T_embed / factor_i), dims[i]] (padding not zeroed); with
+      state, (x, lengths', new state).
     """
-    chunk_size, num_left_chunks = self._chunking(train, chunk_size, num_left_chunks)
+    if state is None:
+      chunk_size, num_left_chunks = self._chunking(train, chunk_size, num_left_chunks, OUTPUT_FACTOR)
+    window_start = None if state is None else OUTPUT_FACTOR * state.offset - CONVNEXT_CONTEXT
     x, lengths = ConvEmbed(self.dims[0], tuple(self.embed_channels), name="encoder_embed", dtype=self.dtype,
                            param_dtype=self.param_dtype)(features.astype(self.dtype or features.dtype), lengths,
-                                                         train=train, step=step)
-    x, lengths, _, hidden = self.encode_stacks(x, lengths, chunk_size, num_left_chunks, train=train, step=step,
-                                               output_factor=OUTPUT_FACTOR)
-    return (x, lengths, hidden) if return_hidden else (x, lengths)
+                                                         train=train, step=step, window_start=window_start)
+    if state is None:
+      x, lengths, _, hidden = self.encode_stacks(x, lengths, chunk_size, num_left_chunks, train=train, step=step,
+                                                 output_factor=OUTPUT_FACTOR)
+      return (x, lengths, hidden) if return_hidden else (x, lengths)
+    x, lengths, _, _, stacks = self.encode_stacks(x, lengths, x.shape[1], -1, train=False, step=None,
+                                                  output_factor=OUTPUT_FACTOR, states=state.stacks)
+    return x, lengths, state.replace(offset=state.offset + x.shape[1], stacks=stacks)
+
+  # The streaming API (speechfuse.nn.streaming): chunks of chunk_size output frames, equal to the forward's chunk mask.
+
+  def chunk_window(self, chunk_size: int) -> streaming.ChunkWindow:
+    """The fbank frames `step` reads for chunks of `chunk_size` output frames: the chunk's 2 chunk_size embed frames
+    and CONVNEXT_CONTEXT either side, fbank frames [4 c chunk_size - 6, 4 (c + 1) chunk_size + 13) for chunk c."""
+    embed = OUTPUT_FACTOR * chunk_size
+    history = 2 * CONVNEXT_CONTEXT
+    lookahead = 2 * CONVNEXT_CONTEXT + 7  # the ConvNeXt's embed frames after the chunk, and one embed frame's reach
+    return streaming.ChunkWindow(history + 2 * embed + lookahead, 2 * embed, lookahead, history=history,
+                                 output_frames=output_lengths)
+
+  def init_state(self, batch_size: int, chunk_size: int, num_left_chunks: int, max_frames: int) -> ZipformerState:
+    """The state before a stream's first chunk (no parameters needed): zero caches for chunks of `chunk_size` output
+    frames with `num_left_chunks` chunks of left context (-1: up to `max_frames` output frames).
+
+    Raises:
+      ValueError: symmetric convolutions (causal=False), which look past the chunk, or a chunk that is not a whole
+        number of frames in every stack.
+    """
+    if not self.causal:
+      raise ValueError("streaming needs a ZipformerEncoder with causal=True: its symmetric convolutions look "
+                       f"{max(self.conv_kernels) // 2} frames past any chunk")
+    self.check_chunk(chunk_size, OUTPUT_FACTOR)
+    embed = OUTPUT_FACTOR * chunk_size
+    dtype = self.dtype or jnp.float32
+    stacks = []
+    for i, factor in enumerate(self.downsampling_factors):
+      stack_chunk = embed // factor
+      cached = streaming.cache_frames(stack_chunk, num_left_chunks, -(-OUTPUT_FACTOR * max_frames // factor))
+      zeros = lambda *shape: jnp.zeros((batch_size, *shape), dtype)
+      dim, heads = self.dims[i], self.num_heads[i]
+      cache = LayerCache(zeros(cached, heads, self.query_head_dim), zeros(cached, dim * 3 // 4),
+                         zeros(cached, heads, self.value_head_dim), zeros(cached, heads, self.value_head_dim),
+                         zeros(self.conv_kernels[i] // 2, dim), zeros(self.conv_kernels[i] // 2, dim))
+      stacks.append(StackState(jnp.zeros((), jnp.int32), (cache,) * self.num_layers[i]))
+    return ZipformerState(jnp.zeros((), jnp.int32), tuple(stacks))
+
+  def step(self, features: jax.Array, lengths: jax.Array,
+           state: ZipformerState) -> tuple[jax.Array, jax.Array, ZipformerState]:
+    """One chunk: its window features [batch, chunk_window(C).frames, mel] with `lengths` [batch] valid frames ->
+    (x [batch, C, d_model] with invalid frames zeroed, valid frames [batch], the state after the chunk);
+    evaluation mode."""
+    return self(features, lengths, state=state)

@@ -97,21 +97,21 @@ def test_chunked_variant_sees_nothing_past_its_chunk():
   apply = _jit(lambda v, x, lengths, chunk, left: model.apply(v, x, lengths, chunk_size=chunk,
                                                                  num_left_chunks=left)[0])
   features, lengths = _features(1, 200), np.array([200])
-  chunk = 16  # embed frames (50 Hz); 8 output frames
+  chunk = 8  # output frames (25 Hz); 16 embed frames (50 Hz)
   # Embed frame e reads fbank frames up to 2 e + 14 (9-frame convs, ConvNeXt 3 frames ahead); chunk 1 ends at e = 31.
   late = features.copy()
-  late[:, 2 * (2 * chunk - 1) + 15:] += 1.0
+  late[:, 2 * (4 * chunk - 1) + 15:] += 1.0
   for left in (-1, 1):
     chunked = np.asarray(apply(variables, features, lengths, jnp.int32(chunk), jnp.int32(left)))
     chunked_late = np.asarray(apply(variables, late, lengths, jnp.int32(chunk), jnp.int32(left)))
-    np.testing.assert_array_equal(chunked[:, :chunk], chunked_late[:, :chunk])  # output chunks 0 and 1
-    assert not np.allclose(chunked[:, chunk:], chunked_late[:, chunk:])
+    np.testing.assert_array_equal(chunked[:, :2 * chunk], chunked_late[:, :2 * chunk])  # output chunks 0 and 1
+    assert not np.allclose(chunked[:, 2 * chunk:], chunked_late[:, 2 * chunk:])
   full = np.asarray(apply(variables, features, lengths, jnp.int32(-1), jnp.int32(-1)))
   full_late = np.asarray(apply(variables, late, lengths, jnp.int32(-1), jnp.int32(-1)))
-  assert not np.allclose(full[:, :chunk], full_late[:, :chunk], atol=1e-4)  # full context looks ahead
+  assert not np.allclose(full[:, :2 * chunk], full_late[:, :2 * chunk], atol=1e-4)  # full context looks ahead
   assert not np.allclose(full, chunked, atol=1e-4)
-  with pytest.raises(ValueError, match="multiple"):
-    model.apply(variables, features, lengths, chunk_size=5)
+  with pytest.raises(ValueError, match="multiple of 4"):  # 6 embed frames: a stack at 1/8 of the rate would split
+    zipformer.ZipformerEncoder(**zipformer.zipformer_size("tiny"), causal=True).check_chunk(3, 2)
   with pytest.raises(ValueError, match="causal=True"):
     zipformer.ZipformerEncoder(**SMOKE).apply(variables, features, lengths, chunk_size=16)
 
@@ -408,7 +408,9 @@ def test_registry_entry():
   config = encoders.default_config("zipformer", "base")
   entry = encoders.encoder_type("zipformer")
   assert set(config.keys()) - {"architecture"} == set(entry.keys())
-  assert entry.inputs == "fbank" and not encoders.streams(config)
+  assert entry.inputs == "fbank" and not encoders.streams(config)  # symmetric convolutions look ahead
+  config.causal = True
+  assert encoders.streams(config)
   encoder = encoders.make_encoder(config, jnp.float32)
   assert encoder.d_model == 512 and encoder.dims == (192, 256, 384, 512, 384, 256)
 
