@@ -59,6 +59,8 @@ def recipe(size: str, backbone: str, optimizer: str, loss: str, dtype: str) -> m
 def compile_step(config: ml_collections.ConfigDict, batch: dict) -> dict:
   """The recipe's train step compiled on the abstract state for `batch`: parameters, compile seconds, memory."""
   task = ssl_pretrain.SyntheticSSLTask(config, cmvn=None)
+  if config.optimizer.schedule == "eden":
+    config.optimizer.eden_steps_per_epoch = 5760.0  # LibriSpeech 960 h in 600 s updates; memory does not depend on it
   tx, _ = optim.make_optimizer(config.optimizer, total_steps=config.total_steps, max_grad_norm=config.max_grad_norm)
   tx = task.wrap_optimizer(tx)
 

@@ -87,9 +87,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 0.045  # icefall's base-lr: ScaledAdam's steps are relative to each parameter
     config.optimizer.eps = 1e-8
     config.optimizer.eden_lr_epochs = 10.5
-    config.optimizer.eden_warmup_start = 0.0
-    # Updates per epoch: LibriSpeech 960 h over 600 s batches at base / large; the built-in small train split
-    # (1.57 h) over 80 s batches at tiny.
-    config.optimizer.eden_steps_per_epoch = config_lib.by_size(size, tiny=70.0, base=5760.0, large=5760.0)
+    config.optimizer.eden_warmup_start = 0.0  # eden's epochs: passes over the train split (derived by the trainer)
     config.optimizer.warmup_steps = config_lib.by_size(size, smoke=1, tiny=200, base=5000, large=5000)
   return config

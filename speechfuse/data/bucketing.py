@@ -235,6 +235,12 @@ class StreamPlan:
         self._last = (epoch, self._plan_epoch(epoch)[0])
       return self._last[1][offset]
 
+  def epoch_audio(self, epoch: int = 0) -> tuple[int, float]:
+    """(batches, seconds of audio in their real rows, speed perturbation included) of epoch `epoch`."""
+    batches, _ = self._plan_epoch(epoch)
+    samples = sum(float(np.sum(self.num_samples[b.indices] / b.factors)) for b in batches)
+    return len(batches), samples / self._sample_rate
+
   def dropped_before(self, position: int) -> dict[str, int]:
     """Examples dropped for fitting no bucket in the epochs that batches [0, position) reach into."""
     totals = dict.fromkeys(DROP_REASONS, 0)

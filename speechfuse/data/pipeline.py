@@ -358,6 +358,10 @@ class _PlannedIterator(grain.DatasetIterator):
     return batches.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=self._worker_count, per_worker_buffer_size=self._worker_buffer_size))
 
+  def epoch_audio(self) -> tuple[int, float]:
+    """(global batches, seconds of audio) in the stream's first epoch: StreamPlan.epoch_audio."""
+    return self._plan.epoch_audio(0)
+
   def get_state(self) -> dict[str, Any]:
     return {
         "position": self._position,

@@ -39,8 +39,10 @@ def default_config() -> ml_collections.ConfigDict:
       "eden_lr_batches": 7500.0,  # updates after which the rate decays markedly
       "eden_lr_epochs": 3.5,  # epochs after which the rate decays markedly
       "eden_warmup_start": 0.5,  # warmup rises linearly from this fraction (icefall's zipformer ASR recipe: 0.1)
-      # Updates per epoch, required by eden: the train split's audio seconds / the audio seconds of one update.
+      # Updates per epoch; 0: the trainer derives it from the train split (the audio of one pass over it / the audio
+      # of one update), or from eden_epoch_hours of audio when that is > 0 (k2SSL's epochs of LibriSpeech's 960 h).
       "eden_steps_per_epoch": 0.0,
+      "eden_epoch_hours": 0.0,
   })
 
 

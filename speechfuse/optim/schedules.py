@@ -56,12 +56,14 @@ def _eden(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
 
   with B = eden_lr_batches, E = eden_lr_epochs, W = warmup_steps, w0 = eden_warmup_start. As in icefall's
   training loops, b is the 1-based index of the update (count + 1) and e the epochs completed; e is continuous
-  here, count / eden_steps_per_epoch (icefall steps it once per epoch).
+  here, count / eden_steps_per_epoch (icefall steps it once per epoch), the audio seen over an epoch's audio:
+  the trainer sets eden_steps_per_epoch from the train split when it is 0 (`with_epoch_length`).
   """
   del steps
   if config.eden_steps_per_epoch <= 0:
     raise ValueError(f"config.optimizer.eden_steps_per_epoch={config.eden_steps_per_epoch} must be > 0 for the eden "
-                     "schedule (the train split's audio seconds / the audio seconds of one update)")
+                     "schedule: the trainer derives it from the train split; set it when building the optimizer "
+                     "outside the trainer")
   base, lr_batches, lr_epochs = config.learning_rate, config.eden_lr_batches, config.eden_lr_epochs
   warmup, start, steps_per_epoch = config.warmup_steps, config.eden_warmup_start, config.eden_steps_per_epoch
 
@@ -73,6 +75,20 @@ def _eden(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
     return base * decay * ramp
 
   return schedule
+
+
+def with_epoch_length(config: ml_collections.ConfigDict, epoch_batches: int,
+                      epoch_seconds: float) -> ml_collections.ConfigDict:
+  """config (optimizer) with eden's epoch length derived where it is 0: one pass over the train split is
+  `epoch_batches` updates of `epoch_seconds` of audio in all, so an epoch of eden_epoch_hours of audio (> 0) or of
+  the split (0) lasts that many hours over the mean audio of an update. Other schedules are returned as they are."""
+  if config.schedule != "eden" or config.eden_steps_per_epoch > 0:
+    return config
+  seconds_per_update = epoch_seconds / epoch_batches
+  epoch_hours = config.eden_epoch_hours or epoch_seconds / 3600.0
+  derived = config.copy_and_resolve_references()
+  derived.eden_steps_per_epoch = epoch_hours * 3600.0 / seconds_per_update
+  return derived
 
 
 SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {

@@ -70,6 +70,19 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
 
 
+def _optimizer_config(config: ml_collections.ConfigDict,
+                      train_iter: CheckpointableIterator) -> ml_collections.ConfigDict:
+  """config (optimizer) with what it leaves to the train split filled in: eden's updates per epoch."""
+  if config.schedule != "eden" or config.eden_steps_per_epoch > 0:
+    return config
+  if not hasattr(train_iter, "epoch_audio"):
+    raise ValueError("config.optimizer.eden_steps_per_epoch=0 asks for the epoch length of the train split, which "
+                     "this task's train input does not plan; set it")
+  derived = optim.with_epoch_length(config, *train_iter.epoch_audio())
+  logging.info("eden: an epoch is %.1f updates", derived.eden_steps_per_epoch)
+  return derived
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike, task: Task) -> Run:
   """Builds everything around `task` and restores the latest checkpoint or initialises the state.
 
@@ -78,11 +91,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike, task:
   """
   mesh = parallel.create_mesh(config.mesh)
   rules = parallel.axis_rules(config.logical_axis_rules)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
-                                      max_grad_norm=config.max_grad_norm)
-  tx = task.wrap_optimizer(tx)
   train_iter = task.make_input("train", seed=config.seed, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
+  tx, schedule = optim.make_optimizer(_optimizer_config(config.optimizer, train_iter),
+                                      total_steps=config.total_steps, max_grad_norm=config.max_grad_norm)
+  tx = task.wrap_optimizer(tx)
   example = state_lib.example_batch(_peek(train_iter))
   manager = checkpoint.make_manager(workdir, config)
   with parallel.sharding_context(mesh, rules):

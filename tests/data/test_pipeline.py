@@ -230,6 +230,16 @@ def test_speed_perturbation_is_seeded_and_changes_lengths():
       assert length in {speed_perturbed_length(original[i], SAMPLE_RATE, f) for f in (0.9, 1.1)}
 
 
+def test_epoch_audio_counts_the_batches_and_seconds_an_epoch_delivers():
+  config = make_config(speed_perturb=True, speed_perturb_factors=(0.9, 1.1), num_epochs=1)
+  iterator = pipeline.make_train_iterator(SOURCE, TOKENIZER, config, seed=0, shard_index=0, shard_count=1)
+  batches, seconds = iterator.epoch_audio()  # before any batch is read: the trainer's eden epoch comes from it
+  delivered = list(iterator)
+  assert batches == len(delivered)
+  real = sum(int(b["audio_lengths"][b["mask"] > 0].sum()) for b in delivered) / SAMPLE_RATE
+  assert seconds == pytest.approx(real, rel=1e-4)  # n / factor against the resampled lengths' rounding
+
+
 @pytest.mark.parametrize("overrides", [
     {},
     {"speed_perturb": True, "read_threads": 2, "read_buffer_size": 3},

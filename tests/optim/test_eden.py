@@ -56,6 +56,21 @@ def test_eden_needs_the_epoch_length():
     optim.make_optimizer(_config(eden_steps_per_epoch=0.0), total_steps=1000)
 
 
+def test_the_epoch_length_comes_from_the_train_split_or_a_reference_duration():
+  # The built-in small split: 1.569 h in 70 updates of ~80 s; k2SSL's reference epoch, LibriSpeech's 960 h.
+  split_seconds = 1.569 * 3600
+  derived = optim.with_epoch_length(_config(eden_steps_per_epoch=0.0), 70, split_seconds)
+  assert derived.eden_steps_per_epoch == pytest.approx(70.0)
+  reference = optim.with_epoch_length(_config(eden_steps_per_epoch=0.0, eden_epoch_hours=960.0), 70, split_seconds)
+  assert reference.eden_steps_per_epoch == pytest.approx(960 * 3600 / (split_seconds / 70))
+  explicit = _config(eden_steps_per_epoch=49.5)
+  assert optim.with_epoch_length(explicit, 70, split_seconds) is explicit
+  cosine = _config(schedule="cosine", eden_steps_per_epoch=0.0)
+  assert optim.with_epoch_length(cosine, 70, split_seconds) is cosine
+  _, schedule = optim.make_optimizer(reference, total_steps=1000)
+  assert float(schedule(999)) == pytest.approx(_closed_form(1000, 999 / reference.eden_steps_per_epoch), rel=1e-6)
+
+
 def test_scaled_adam_steps_with_the_eden_rate():
   """A scalar's first ScaledAdam update is -(1 - b1) * scalar_lr_scale * lr(0) * sign(g) (Adam's first step)."""
   config = _config(name="scaled_adam", eps=1e-12)
@@ -70,7 +85,9 @@ def test_the_k2ssl_recipes_schedule_is_edens_closed_form():
   """configs/ssl_hubert.py with optimizer=scaled_adam: ScaledAdam under Eden with k2SSL's constants."""
   config = load_config(f"{recipe_path('ssl_hubert')}:base,backbone=zipformer_waveform,loss=ce,optimizer=scaled_adam")
   assert config.optimizer.name == "scaled_adam"
-  _, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps)
+  # The trainer derives the epoch from the train split; LibriSpeech's 960 h in 600 s updates is 5760 of them.
+  _, schedule = optim.make_optimizer(optim.with_epoch_length(config.optimizer, 5760, 960 * 3600.0),
+                                     total_steps=config.total_steps)
   for count in (0, 2500, 5000, 60000):
     expected = _closed_form(count + 1, count / 5760.0, lr_epochs=10.5, warmup=5000, start=0.0)
     assert float(schedule(count)) == pytest.approx(expected, rel=1e-5)

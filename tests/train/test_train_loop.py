@@ -12,6 +12,7 @@ from absl import logging
 
 from speechfuse import run as run_lib
 from speechfuse import optim, train
+from speechfuse.train import loop
 from trainer_testlib import flat_params, read_losses, tiny_config
 
 
@@ -84,3 +85,19 @@ def test_logged_learning_rate_is_the_one_the_optimizer_uses(tmp_path):
   updates = {1: 1, 2: 1, 3: 2, 4: 3}  # updates applied after each step
   assert logged == pytest.approx({step: float(schedule(n)) for step, n in updates.items()})
   assert logged[2] != pytest.approx(float(schedule(2)))  # what the trainer's step would have said
+
+
+class _PlannedInput:
+  """A train input that plans its epoch, as the data pipeline's: 12 updates holding 96 s of audio."""
+
+  def epoch_audio(self):
+    return 12, 96.0
+
+
+def test_edens_epoch_length_is_derived_from_the_train_input(tmp_path):
+  config = tiny_config(**{"optimizer.schedule": "eden", "optimizer.eden_steps_per_epoch": 0.0})
+  assert loop._optimizer_config(config.optimizer, _PlannedInput()).eden_steps_per_epoch == 12.0
+  config.optimizer.eden_epoch_hours = 0.08  # 288 s: 36 updates of 8 s
+  assert loop._optimizer_config(config.optimizer, _PlannedInput()).eden_steps_per_epoch == pytest.approx(36.0)
+  with pytest.raises(ValueError, match="eden_steps_per_epoch=0 asks for the epoch length"):
+    run_lib.run("train", config, tmp_path)  # the synthetic task's input plans no epochs
