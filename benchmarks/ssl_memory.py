@@ -45,8 +45,6 @@ import ssl_pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MIB = 2**20
-ROWS = (("transformer", "wav2vec2", "adamw", "hubert"), ("transformer", "wav2vec2", "scaled_adam", "hubert"),
-        ("transformer", "wav2vec2", "scaled_adam", "ce"), ("zipformer", "zipformer_waveform", "scaled_adam", "ce"))
 
 
 def recipe(size: str, backbone: str, optimizer: str, loss: str, dtype: str) -> ml_collections.ConfigDict:
@@ -91,7 +89,7 @@ def main():
   # ssl_pretrain.ssl_batch reads batch / seconds from its args; its mask_prob and iteration are set by the recipes.
   batch_args = argparse.Namespace(batch=args.batch, seconds=args.seconds)
   results = []
-  for name, backbone, optimizer, loss in ROWS:
+  for name, backbone, optimizer, loss in ssl_pretrain.TABLE2_ROWS:
     config = recipe(args.size, backbone, optimizer, loss, args.dtype)
     frame_count = encoders.frame_grid(config.model.encoder, asr.SAMPLE_RATE).frame_count
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

@@ -3,6 +3,8 @@
   python benchmarks/ssl_pretrain.py                          # base wav2vec2 and Conformer, 4 x 8 s, 4 timed steps
   python benchmarks/ssl_pretrain.py --backbones wav2vec2     # the HuBERT base backbone only
   python benchmarks/ssl_pretrain.py --size smoke --batch 2 --seconds 2 --steps 2   # quick look
+  python benchmarks/ssl_pretrain.py --table2                 # k2SSL's Table II: its four rows, speed-up vs row 1
+  python benchmarks/ssl_pretrain.py --table2 --size tiny --batch 2 --seconds 4 --steps 2
 
 (The file is not called ssl.py: run as a script, its folder comes first on sys.path, and a benchmarks/ssl.py
 would stand in for the standard library's `ssl`, which jax's dependencies import.)
@@ -54,6 +56,24 @@ which other processes' load disturbs less; the 1-minute load average is printed 
 Everything runs in --dtype (float32 by default: bfloat16 matmuls are emulated on a CPU). The batch is
 benchmarks/asr.py's synthetic voiced audio, lengths in [80%, 100%] of --seconds, with random frame labels
 (zero past each utterance's frames, as the input pipeline pads them).
+
+--table2: the four rows of k2SSL's Table II (its speed-up in total GPU hours for the same 300 epochs of LibriSpeech
+960 h, against row 1), those of benchmarks/ssl_memory.py (TABLE2_ROWS), timed as above on one batch:
+  1 transformer / adamw / hubert        backbone=wav2vec2 (HuBERT base), AdamW after clipping to global norm 10
+  2 transformer / scaled_adam / hubert  optimizer=scaled_adam (icefall's ScaledAdam + Eden, with its own clipping)
+  3 transformer / scaled_adam / ce      loss=ce (k2SSL's linear head)
+  4 zipformer / scaled_adam / ce        backbone=zipformer_waveform (k2SSL's Zipformer: the same extractor, 50 Hz)
+Each row is its recipe at --size with its own optimizer; the heads share the recipes' class count (100; 500 with
+--iteration 2) and all rows --mask_prob, so every row sees the same audio, labels and masks. "audio s per s" is the
+batch's audio seconds over a step's wall time; "speed-up vs row 1" is row 1's time per step over the row's (wall,
+CPU), which on one batch is the ratio of time per audio second: the GPU-hour ratio at an equal budget of audio hours
+if every row processed its audio as this batch does. That is not all Table II counts. k2SSL's GPU-hour speed-up
+also comes from the Zipformer fitting larger batches per GPU (8 GPUs instead of fairseq's 32) and from taking 225k
+steps instead of 400k for the same 300 epochs; here one fixed batch is run on one device (on a CPU, with the
+machine's cores), so only the compute per audio second differs: rows 2 and 3 differ from row 1 only by the
+optimizer's update and the head, row 4 by the encoder.
+
+The ratios we get: (measured by the lead engineer)
 """
 
 from __future__ import annotations
@@ -86,6 +106,14 @@ import asr  # pylint: disable=g-import-not-at-top,wrong-import-position  # bench
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MIB = 2**20
 LOSSES = ("hubert", "ce")  # the peer first
+# k2SSL's Table II, row 1 (the peer) first: (name, configs/ssl_hubert.py backbone, optimizer, loss), and the
+# paper's speed-up in total GPU hours against row 1.
+TABLE2_ROWS = (("transformer", "wav2vec2", "adamw", "hubert"),
+               ("transformer", "wav2vec2", "scaled_adam", "hubert"),
+               ("transformer", "wav2vec2", "scaled_adam", "ce"),
+               ("zipformer", "zipformer_waveform", "scaled_adam", "ce"))
+TABLE2_PAPER_SPEEDUP = (1.00, 1.48, 2.12, 3.53)
+EDEN_STEPS_PER_EPOCH = 5760.0  # LibriSpeech 960 h in 600 s updates; the trainer derives it from the train split
 
 
 class SyntheticSSLTask(ssl_task.SSLTask):
@@ -99,11 +127,13 @@ class SyntheticSSLTask(ssl_task.SSLTask):
                                   num_classes=config.task.num_classes, head=config.task.loss, cmvn=cmvn)
 
 
-def recipe(size: str, backbone: str, loss: str, args) -> ml_collections.ConfigDict:
+def recipe(size: str, backbone: str, loss: str, args, optimizer: str = "adamw") -> ml_collections.ConfigDict:
   config = load_config(f"{ROOT / 'configs' / 'ssl_hubert.py'}:{size},backbone={backbone},loss={loss},"
-                       f"iteration={args.iteration}")
+                       f"iteration={args.iteration},optimizer={optimizer}")
   config.model.mask.mask_prob = args.mask_prob
   config.compute_dtype = args.dtype
+  if config.optimizer.schedule == "eden":
+    config.optimizer.eden_steps_per_epoch = EDEN_STEPS_PER_EPOCH  # the step time does not depend on it
   return config
 
 
@@ -155,26 +185,34 @@ class Step:
 
 
 def measure(configs: dict[str, ml_collections.ConfigDict], batch: dict, cmvn, args) -> dict[str, dict]:
-  """Compiles every loss's step, then times them in turn (step i of each loss back to back, the order reversed
-  every round), so that the load of a shared machine weighs on all alike. Per loss: wall and CPU seconds
-  (medians), compile seconds, memory, flops, metrics."""
-  steps = {loss: Step(config, batch, cmvn) for loss, config in configs.items()}
+  """Compiles every config's step, then times them in turn (step i of each back to back, the order reversed
+  every round), so that the load of a shared machine weighs on all alike. Per config (losses, or Table II's rows):
+  wall and CPU seconds (medians), compile seconds, memory, flops, metrics."""
+  steps = {name: Step(config, batch, cmvn) for name, config in configs.items()}
   for i in range(args.warmup + args.steps):
     for step in list(steps.values())[::(-1) ** i]:
       step.run(timed=i >= args.warmup)
   results = {}
-  for loss, step in steps.items():
+  for name, step in steps.items():
     metrics = jax.device_get(step.metrics)
     if not math.isfinite(float(metrics["loss"])):
-      raise FloatingPointError(f"{loss} loss is {metrics['loss']}")
+      raise FloatingPointError(f"{name} loss is {metrics['loss']}")
     memory = step.memory
-    results[loss] = {
+    results[name] = {
         "params": step.params, "seconds": statistics.median(step.seconds),
         "cpu_seconds": statistics.median(step.cpu_seconds), "compile": step.compile_seconds,
         "temp": memory.temp_size_in_bytes,
         "total": memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes,
         "gflop": step.gflop, "loss": float(metrics["loss"]), "masked_fraction": float(metrics["masked_fraction"])}
   return results
+
+
+def masked_fraction(results: dict[str, dict]) -> float:
+  """The fraction of valid frames masked in the last step, which every measured step must share."""
+  masked = {r["masked_fraction"] for r in results.values()}
+  if len(masked) != 1:
+    raise AssertionError(f"the steps saw different masks: masked fractions {masked}")
+  return next(iter(masked))
 
 
 def backbone_rows(backbone: str, args) -> tuple[list[list[str]], str]:
@@ -189,9 +227,7 @@ def backbone_rows(backbone: str, args) -> tuple[list[list[str]], str]:
   for loss, result in results.items():
     print(f"  {backbone} / {loss}: {result['seconds']:.3f} s/step, temp {result['temp'] / MIB:.0f} MiB, "
           f"loss {result['loss']:.2f}", file=sys.stderr)
-  masked = {r["masked_fraction"] for r in results.values()}
-  if len(masked) != 1:
-    raise AssertionError(f"the losses saw different masks: masked fractions {masked}")
+  masked = masked_fraction(results)
   reference = results[LOSSES[0]]
   rows = []
   for loss, result in results.items():
@@ -203,10 +239,50 @@ def backbone_rows(backbone: str, args) -> tuple[list[list[str]], str]:
   encoder = peer.model.encoder
   frames = frame_count(batch["audio"].shape[1])
   note = (f"{backbone}: {encoder.num_blocks} blocks x d {encoder.d_model}, {peer.task.num_classes} classes, "
-          f"{frames} encoder frames per row, {int(next(iter(masked)))} masked frames in the last step "
+          f"{frames} encoder frames per row, {masked:.1%} of them masked in the last step "
           f"(mask_prob {args.mask_prob}, span {peer.model.mask.mask_length}); 1-minute load average before / after "
           f"timing: {load}")
   return rows, note
+
+
+def table2(args) -> None:
+  """Times k2SSL's Table II rows on one batch and prints their table, the paper's speed-ups beside the measured."""
+  configs = {f"{name} / {optimizer} / {loss}": recipe(args.size, backbone, loss, args, optimizer)
+             for name, backbone, optimizer, loss in TABLE2_ROWS}
+  grids = {encoders.frame_grid(c.model.encoder, asr.SAMPLE_RATE).name for c in configs.values()}
+  classes = {c.task.num_classes for c in configs.values()}
+  if len(grids) != 1 or len(classes) != 1:
+    raise ValueError(f"Table II's rows need one batch: frame grids {grids}, classes {classes}")
+  peer = next(iter(configs.values()))
+  frame_count = encoders.frame_grid(peer.model.encoder, asr.SAMPLE_RATE).frame_count
+  batch = ssl_batch(args, frame_count, peer.task.num_classes)
+  before = asr.load_average()
+  results = measure(configs, batch, None, args)
+  load = f"{before} / {asr.load_average()}"
+  masked = masked_fraction(results)
+  audio_seconds = float(np.sum(batch["audio_lengths"])) / asr.SAMPLE_RATE
+  reference = next(iter(results.values()))
+  rows = []
+  for i, ((name, _, optimizer, loss), (label, result), paper) in enumerate(
+      zip(TABLE2_ROWS, results.items(), TABLE2_PAPER_SPEEDUP), 1):
+    print(f"  {label}: {result['seconds']:.3f} s/step, temp {result['temp'] / MIB:.0f} MiB, "
+          f"loss {result['loss']:.2f}", file=sys.stderr)
+    rows.append([str(i), name, optimizer, loss, f"{result['params']:,}", f"{result['seconds']:.2f}",
+                 f"{result['cpu_seconds']:.2f}", f"{result['gflop']:.1f}", f"{result['temp'] / MIB:.1f}",
+                 f"{audio_seconds / result['seconds']:.2f}", f"{reference['seconds'] / result['seconds']:.2f}",
+                 f"{reference['cpu_seconds'] / result['cpu_seconds']:.2f}", f"{paper:.2f}"])
+  header = ["row", "backbone", "optimizer", "loss", "parameters", "s / step", "CPU s / step", "GFLOP / step",
+            "temp MiB", "audio s per s", "speed-up vs row 1", "CPU speed-up vs row 1", "paper (GPU hours)"]
+  print(f"k2SSL Table II rows: SSL pre-training step (forward + loss + backward + the row's optimizer), "
+        f"configs/ssl_hubert.py:{args.size}, batch {args.batch} x <= {args.seconds:g} s ({audio_seconds:.1f} s of "
+        f"audio), {args.dtype}, {args.steps} timed steps after {args.warmup} warm-up, jax {jax.__version__} "
+        f"({jax.default_backend()}, {os.cpu_count()} cores); speed-up = row 1's time per step / the row's")
+  print()
+  print(f"- {peer.task.num_classes} classes, {frame_count(batch['audio'].shape[1])} encoder frames per utterance, "
+        f"{masked:.1%} of them masked in the last step (mask_prob {args.mask_prob}); 1-minute load average before / "
+        f"after timing: {load}")
+  print()
+  print(asr.markdown_table(header, rows, "llllrrrrrrrrr"))
 
 
 def main():
@@ -218,9 +294,13 @@ def main():
   parser.add_argument("--steps", type=int, default=4, help="timed steps per loss (median reported)")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (after compiling)")
   parser.add_argument("--iteration", type=int, default=1, choices=(1, 2), help="targets: 1 = 100 classes, 2 = 500")
-  parser.add_argument("--mask_prob", type=float, default=0.8, help="the same for both losses")
+  parser.add_argument("--mask_prob", type=float, default=0.8, help="the same for every loss (or Table II row)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  parser.add_argument("--table2", action="store_true", help="time k2SSL's Table II rows instead (--backbones unused)")
   args = parser.parse_args()
+  if args.table2:
+    table2(args)
+    return
   rows, notes = [], []
   for backbone in (b.strip() for b in args.backbones.split(",") if b.strip()):
     backbone_rows_, note = backbone_rows(backbone, args)
