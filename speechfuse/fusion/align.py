@@ -54,8 +54,12 @@ class SpaceReport:
   converged: bool
 
 
+@functools.partial(jax.jit, static_argnames="squared")
 def cost_matrix(x: jax.Array, y: jax.Array, squared: bool = False) -> jax.Array:
-  """x: [n, features], y: [m, features] -> [n, m] (squared) Euclidean distances, float32, full precision."""
+  """x: [n, features], y: [m, features] -> [n, m] (squared) Euclidean distances, float32, full precision.
+
+  Jitted: one compiled program per shape pair (eager, each of its ops would compile on its own).
+  """
   dot = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
   sq = jnp.maximum(jnp.sum(x * x, 1)[:, None] + jnp.sum(y * y, 1)[None, :] - 2 * dot, 0.0)
   return sq if squared else jnp.sqrt(sq)

@@ -43,7 +43,8 @@ from speechfuse.train import checkpoint
 FUSED_DIR = "fused"
 METHODS = ("otf", "direct")
 ALIGNMENTS = ("weights", "activations")
-SPECS = {"conformer": architectures.conformer_ctc_spec, "transformer": architectures.transformer_ctc_spec}
+SPECS = {"conformer": architectures.conformer_ctc_spec, "transformer": architectures.transformer_ctc_spec,
+         "zipformer": architectures.zipformer_ctc_spec}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -167,6 +168,14 @@ def _activations(config: ml_collections.ConfigDict, workdir: pathlib.Path, sl: d
   return join(per_model[0]), join(per_model[1])
 
 
+def _spec(encoder: ml_collections.ConfigDict, variables: dict[str, Any]) -> spec_lib.Spec:
+  """The members' hidden-space spec; a Zipformer's also keeps its feature-mask edges (unmasked_dims), which the
+  moderate fine-tuning after fusion trains with, as segment boundaries of the residual stream."""
+  if encoder.architecture == "zipformer":
+    return SPECS["zipformer"](variables, tuple(encoder.unmasked_dims))
+  return SPECS[encoder.architecture](variables)
+
+
 def _report_markdown(report: dict[str, Any]) -> str:
   how = (f"OTF, {report['solver']} solver, alignment from {report['alignment']}" if report["method"] == "otf"
          else "direct average, no alignment")
@@ -201,7 +210,7 @@ def fuse(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
   if fc.method == "direct":
     fused = otf.direct_average(sl, ssl, fc.weight)
   else:
-    spec = SPECS[config.model.encoder.architecture](ssl)
+    spec = _spec(config.model.encoder, ssl)
     options = {"squared": fc.squared, "rounds": fc.rounds}
     if fc.solver == "sinkhorn":
       options.update(epsilon=fc.epsilon, scale_cost=fc.scale_cost, threshold=fc.threshold,

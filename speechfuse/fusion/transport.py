@@ -5,6 +5,7 @@ normalised so that each column sums to one (OTFusion's marginal correction, T di
 target marginal beta). An axis moves as x~[j] = sum_i P[i, j] x[i]: in the target's order, each unit is the
 weighted average of the source units transported onto it, which is the paper's W~ = T^T W (Eq. 3) on the
 output axis and W T (Eq. 2) on the input axis. A permutation matrix gathers exactly (float32, highest precision).
+A member with a window (spec.Member.window) moves only its slice of the leaf; the rest of the leaf stays.
 """
 
 from __future__ import annotations
@@ -32,19 +33,40 @@ def block_map(head_map: jax.Array, pair_maps: jax.Array) -> jax.Array:
 
 
 def rows(x: jax.Array, member: Member, units: int) -> jax.Array:
-  """The leaf x seen from its space: [units, features], one row per unit, every other axis flattened."""
-  moved = jnp.moveaxis(x, member.axes, tuple(range(len(member.axes))))
-  return moved.reshape(units, -1)
+  """The leaf x seen from its space: [units, features], one row per unit of the member's slice (its window), every
+  other axis flattened."""
+  return _rows(x, member.axes, member.window, units)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _rows(x: jax.Array, axes: tuple[int, ...], window: tuple[int, int] | None, units: int) -> jax.Array:
+  # One compiled program per leaf shape, axes and window (eager, the slice, transpose and reshape each compile).
+  if window is not None:
+    x = x[_window_index(x.ndim, axes[0], window)]
+  return jnp.moveaxis(x, axes, tuple(range(len(axes)))).reshape(units, -1)
 
 
 def apply_member(x: jax.Array, member: Member, p: jax.Array) -> jax.Array:
-  """Moves the member's axes of leaf x by map p [units, units]; the result has x's shape and dtype."""
-  return _move(x, p, member.axes)
+  """Moves the member's axes of leaf x (within its window) by map p [units, units]; the result has x's shape and
+  dtype."""
+  return _move(x, p, member.axes, member.window)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _move(x: jax.Array, p: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  # One compiled program per leaf shape: eager, each of these ops would compile on its own.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _move(x: jax.Array, p: jax.Array, axes: tuple[int, ...], window: tuple[int, int] | None) -> jax.Array:
+  # One compiled program per leaf shape and window: eager, each of these ops would compile on its own.
+  if window is None:
+    return _gather(x, p, axes)
+  index = _window_index(x.ndim, axes[0], window)
+  return x.at[index].set(_gather(x[index], p, axes))
+
+
+def _window_index(ndim: int, axis: int, window: tuple[int, int]) -> tuple[slice, ...]:
+  return tuple(slice(*window) if a == axis else slice(None) for a in range(ndim))
+
+
+def _gather(x: jax.Array, p: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """x~[j] = sum_i p[i, j] x[i] along x's axes, flattened."""
   front = tuple(range(len(axes)))
   moved = jnp.moveaxis(x, axes, front)
   flat = moved.reshape(p.shape[0], -1).astype(jnp.float32)
@@ -62,7 +84,7 @@ def apply_space(flat: Mapping[str, Any], space: Space, maps: tuple[jax.Array, ..
 
 
 def apply(flat: Mapping[str, Any], spec: Spec, maps: Maps) -> dict[str, Any]:
-  """flat with the spaces named in `maps` moved (the maps act on distinct axes, so order does not matter)."""
+  """flat with the spaces named in `maps` moved (the maps act on distinct axes or windows: order does not matter)."""
   out = dict(flat)
   for space in spec.spaces:
     if space.name in maps:

@@ -46,11 +46,13 @@ def _fill(shapes: Any, seed: int) -> Any:
 
 
 def make_case(architecture: str, seed: int = 0, **encoder: Any) -> CTCCase:
-  """A CTC model of `architecture` at smoke size with 1 block, overridden by `encoder`, on a padded batch of 2."""
+  """A CTC model of `architecture` at smoke size with 1 block (a Zipformer: its smoke stacks of 1 layer each),
+  overridden by `encoder`, on a padded batch of 2."""
   rng = np.random.default_rng(0)
   stats = audio.CMVNStats(rng.normal(size=80) * 100, np.full(80, 1e4) + rng.random(80) * 100, 100)
   config = ctc.default_config(architecture, "smoke")
-  config.encoder.num_blocks = 1
+  if "num_blocks" in config.encoder:
+    config.encoder.num_blocks = 1
   config.encoder.update(encoder)
   model = models.get_model(config, dtype=jnp.float32, vocab_size=VOCAB, cmvn=stats)
   waves = (rng.normal(size=(2, 8000)) * 2000).astype(np.int16)
@@ -81,3 +83,19 @@ def other_seed_cases() -> dict[str, CTCCase]:
       "conformer_batch_norm": make_case("conformer", seed=1),
       "transformer_relative": make_case("transformer", seed=1, positions="relative"),
   }
+
+
+# Three stacks of widths 32, 48, 40: the stream is zero-padded (32 -> 48) and cut (48 -> 40), and the output takes
+# channels [40, 48) from the middle stack, so the residual has segments [0, 32), [32, 40), [40, 48). The stacks of
+# widths 32 and 48 have the smoke size's feedforward widths (fewer leaf shapes to compile).
+ZIPFORMER_THREE_STACKS = dict(downsampling_factors=(1, 2, 4), num_layers=(1, 1, 1), dims=(32, 48, 40),
+                              unmasked_dims=(24, 32, 32), num_heads=(2, 3, 3), feedforward_dims=(64, 96, 80),
+                              conv_kernels=(5, 7, 3))
+
+
+@pytest.fixture(scope="session")
+def zipformer_cases() -> dict[str, CTCCase]:
+  """Zipformer CTC models: smoke size (stacks of widths 48, 32; symmetric convs) and ZIPFORMER_THREE_STACKS with
+  chunk-causal convs."""
+  return {"smoke": make_case("zipformer"),
+          "three_stacks_causal": make_case("zipformer", causal=True, **ZIPFORMER_THREE_STACKS)}
